@@ -1,0 +1,11 @@
+//! postroom: a POP3 and IMAP server for mbox mailboxes.
+//!
+//! The crate is laid out as `DESIGN.md` describes: `config` reads
+//! postroom.conf(5), `store` owns the mbox files (parsing, locking, the
+//! shared index, crash-safe writes), and `deliver` is the local delivery
+//! agent that the MTA runs.
+
+pub mod config;
+pub mod deliver;
+pub mod limits;
+pub mod store;

@@ -1,0 +1,1121 @@
+//! One mbox file and its in-memory index.
+//!
+//! [`Mailbox::open`] builds the index with one scan ([`scan`]), gives UIDs
+//! to new mail and writes them into the file, as UW-IMAP and Dovecot do.
+//! Flag changes stay in memory until [`Mailbox::flush`]; most are then
+//! written in place into the padding of the message's state headers.
+//! Everything else that moves bytes goes through [`journal::rewrite_tail`],
+//! from the first changed message to the end only.
+//!
+//! The file may change behind our back: the MTA appends, mutt rewrites.
+//! [`Mailbox::refresh`] notices by (device, inode, size, mtime) and parses
+//! only the new tail after an append, or the whole file otherwise, matching
+//! messages by X-UID. A mailbox changed beyond recognition gets a new
+//! UIDVALIDITY, never wrong UIDs.
+//!
+//! Locking: the caller serialises access in this process (the registry's
+//! `RwLock`); this module takes the cross-process locks (dotlock and fcntl
+//! for writes, fcntl read locks for reads) for each operation.
+
+use std::collections::HashSet;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use super::from_line;
+use super::journal::{self, Piece};
+use super::lock::{self, LockSettings, MboxLock};
+use super::scan::{self, RawMessage};
+use super::state::{self, Base, Flags, StateHeader};
+use super::transform::{self, Served};
+use super::{MboxFormat, StoreError};
+
+/// At most this many keywords per mailbox (a bit each in [`Message::keywords`]).
+pub const MAX_KEYWORDS: usize = 64;
+
+/// How mailboxes are opened and written.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub format: MboxFormat,
+    pub lock: LockSettings,
+    /// Used in the pseudo-message that keeps an empty mailbox's UIDs.
+    pub hostname: String,
+    /// fsync after writes (off only in benchmarks of the CPU cost).
+    pub fsync: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options { format: MboxFormat::Mboxrd, lock: LockSettings::default(), hostname: "localhost".into(), fsync: true }
+    }
+}
+
+/// One message of the index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    pub uid: u32,
+    pub flags: Flags,
+    /// Bit i set: keyword `Mailbox::keywords()[i]`.
+    pub keywords: u64,
+    /// INTERNALDATE, seconds since the epoch.
+    pub date: i64,
+    /// RFC822.SIZE: the size on the wire.
+    pub size: u64,
+    /// Wire size of the header (with its blank line).
+    pub hdr_size: u64,
+    from_off: u64,
+    hdr_off: u64,
+    body_off: u64,
+    end: u64,
+    state: Option<(u64, u32)>,
+    has_state: bool,
+    raw_body: bool,
+    /// Flags changed in memory and not yet written.
+    dirty: bool,
+    /// The file has this UID and a state block for it.
+    persisted: bool,
+}
+
+impl Message {
+    /// Bytes of the message in the file (for statistics).
+    pub fn disk_len(&self) -> u64 {
+        self.end - self.from_off
+    }
+}
+
+/// What a change did, for the sessions that share the mailbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// New messages, by UID, in order.
+    Appended(Vec<u32>),
+    /// The flags or keywords of these messages changed.
+    Flags(Vec<u32>),
+    /// These messages are gone.
+    Expunged(Vec<u32>),
+    /// The mailbox was replaced beyond recognition: new UIDVALIDITY.
+    Reset(u32),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileId {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
+}
+
+impl FileId {
+    fn of(meta: &std::fs::Metadata) -> FileId {
+        FileId { dev: meta.dev(), ino: meta.ino(), size: meta.len(), mtime: (meta.mtime(), meta.mtime_nsec()) }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Pseudo {
+    from_off: u64,
+    end: u64,
+    state: Option<(u64, u32)>,
+}
+
+/// An open mbox and its index.
+#[derive(Debug)]
+pub struct Mailbox {
+    path: PathBuf,
+    file: File,
+    opts: Options,
+    id: FileId,
+    uidvalidity: u32,
+    uidnext: u32,
+    keywords: Vec<String>,
+    messages: Vec<Message>,
+    pseudo: Option<Pseudo>,
+    /// The base on disk differs from ours (or is missing).
+    base_dirty: bool,
+    /// fcntl read locks are per open file: one per mailbox, counted.
+    readers: Mutex<Option<(u32, MboxLock)>>,
+}
+
+fn now() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+fn io_err<'a>(path: &'a Path, what: &str) -> impl Fn(io::Error) -> StoreError + 'a {
+    let what = what.to_string();
+    move |e| StoreError::io(format!("{what} {}", path.display()), e)
+}
+
+impl Mailbox {
+    /// Opens (and with `create`, creates) an mbox, recovers from a crashed
+    /// rewrite, indexes it, and writes UIDs for new mail.
+    pub fn open(path: &Path, opts: &Options, create: bool) -> Result<Mailbox, StoreError> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(create)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(path)
+            .map_err(|e| match e.kind() {
+                io::ErrorKind::NotFound => StoreError::NoSuchMailbox(path.display().to_string()),
+                _ => StoreError::io(format!("open {}", path.display()), e),
+            })?;
+        let meta = file.metadata().map_err(io_err(path, "stat"))?;
+        if !meta.is_file() {
+            return Err(StoreError::NotAllowed("not a regular file"));
+        }
+        let mut mb = Mailbox {
+            path: path.to_path_buf(),
+            file,
+            opts: opts.clone(),
+            id: FileId::of(&meta),
+            uidvalidity: 0,
+            uidnext: 1,
+            keywords: Vec::new(),
+            messages: Vec::new(),
+            pseudo: None,
+            base_dirty: false,
+            readers: Mutex::new(None),
+        };
+        if journal::journal_path(path).exists() {
+            let _l = mb.lock_write()?;
+            journal::recover(&mb.file, path).map_err(io_err(path, "recover"))?;
+        }
+        mb.reload(false, false)?;
+        // Persist UIDs now if we can: a UID that is only in memory could be
+        // given to another message by another process.
+        if mb.needs_sync() {
+            match mb.try_flush() {
+                Ok(_) => {}
+                Err(StoreError::LockTimeout(_)) => {
+                    log::info!("store deferred-sync path={} reason=locked", path.display());
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(mb)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+    pub fn uidvalidity(&self) -> u32 {
+        self.uidvalidity
+    }
+    pub fn uidnext(&self) -> u32 {
+        self.uidnext
+    }
+    pub fn keywords(&self) -> &[String] {
+        &self.keywords
+    }
+    pub fn messages(&self) -> &[Message] {
+        &self.messages
+    }
+    pub fn len(&self) -> usize {
+        self.messages.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.messages.is_empty()
+    }
+    /// The index of the message with this UID.
+    pub fn position(&self, uid: u32) -> Option<usize> {
+        self.messages.binary_search_by_key(&uid, |m| m.uid).ok()
+    }
+    /// Size of the file as last seen.
+    pub fn file_size(&self) -> u64 {
+        self.id.size
+    }
+
+    fn lock_write(&self) -> Result<MboxLock, StoreError> {
+        lock::lock_write(&self.file, &self.path, &self.opts.lock)
+    }
+
+    fn stat(&self) -> Result<FileId, StoreError> {
+        // Compare with what is at the path now: a file renamed over ours is
+        // a replacement, even though our descriptor still reads the old one.
+        let meta = std::fs::symlink_metadata(&self.path).map_err(io_err(&self.path, "stat"))?;
+        Ok(FileId::of(&meta))
+    }
+
+    /// True when the file has changed since we last indexed it.
+    pub fn changed(&self) -> Result<bool, StoreError> {
+        Ok(self.stat()? != self.id)
+    }
+
+    /// Reopens the file at our path if it was replaced (renamed over).
+    fn reopen_if_replaced(&mut self) -> Result<bool, StoreError> {
+        let now = self.stat()?;
+        if now.dev == self.id.dev && now.ino == self.id.ino {
+            return Ok(false);
+        }
+        self.file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&self.path)
+            .map_err(io_err(&self.path, "reopen"))?;
+        Ok(true)
+    }
+
+    /// Indexes the whole file, keeping UIDs, flags and UIDVALIDITY from the
+    /// previous index where the file still agrees (matched by X-UID).
+    /// `locked`: the caller holds the write lock (taking a read lock on
+    /// the same open file would downgrade it).
+    fn reload(&mut self, keep_previous: bool, locked: bool) -> Result<Vec<Event>, StoreError> {
+        let (raws, id) = {
+            let _r = if locked { None } else { Some(lock::lock_read(&self.file, &self.path, &self.opts.lock)?) };
+            let meta = self.file.metadata().map_err(io_err(&self.path, "stat"))?;
+            let id = FileId::of(&meta);
+            let s = scan::scan(&self.file, 0, id.size, self.opts.format).map_err(|e| self.scan_error(e))?;
+            (s.messages, id)
+        };
+        let old = if keep_previous { Some(std::mem::take(&mut self.messages)) } else { None };
+        let old_uidvalidity = self.uidvalidity;
+        self.build(raws, 0, keep_previous.then_some(old_uidvalidity));
+        self.id = id;
+        let mut events = Vec::new();
+        if let Some(old) = old {
+            if self.uidvalidity != old_uidvalidity {
+                events.push(Event::Reset(self.uidvalidity));
+                return Ok(events);
+            }
+            // Keep unwritten flag changes of ours; report the rest.
+            let mut gone = Vec::new();
+            let mut flags = Vec::new();
+            let mut j = 0;
+            for o in &old {
+                while j < self.messages.len() && self.messages[j].uid < o.uid {
+                    j += 1;
+                }
+                match self.messages.get_mut(j) {
+                    Some(n) if n.uid == o.uid => {
+                        if o.dirty {
+                            n.flags = o.flags;
+                            n.keywords = o.keywords;
+                            n.dirty = true;
+                        } else if (n.flags, n.keywords) != (o.flags, o.keywords) {
+                            flags.push(n.uid);
+                        }
+                    }
+                    _ => gone.push(o.uid),
+                }
+            }
+            let last_old = old.last().map_or(0, |m| m.uid);
+            let new: Vec<u32> = self.messages.iter().filter(|m| m.uid > last_old).map(|m| m.uid).collect();
+            if !gone.is_empty() {
+                events.push(Event::Expunged(gone));
+            }
+            if !flags.is_empty() {
+                events.push(Event::Flags(flags));
+            }
+            if !new.is_empty() {
+                events.push(Event::Appended(new));
+            }
+        }
+        Ok(events)
+    }
+
+    fn scan_error(&self, e: io::Error) -> StoreError {
+        if e.kind() == io::ErrorKind::InvalidData {
+            StoreError::Corrupt(self.path.clone(), e.to_string())
+        } else {
+            StoreError::io(format!("read {}", self.path.display()), e)
+        }
+    }
+
+    /// Turns scanned messages into index entries, replacing messages from
+    /// index `from` on. With `from == 0` the mailbox base is taken afresh.
+    fn build(&mut self, raws: Vec<RawMessage>, from: usize, keep_uidvalidity: Option<u32>) {
+        let mut raws = raws.into_iter().peekable();
+        if from == 0 {
+            self.pseudo = None;
+            let mut base: Option<Base> = None;
+            if let Some(r) = raws.peek() {
+                if r.pseudo {
+                    let r = raws.next().expect("peeked");
+                    base = r.base.clone();
+                    self.pseudo = Some(Pseudo { from_off: r.from_off, end: r.end, state: r.state });
+                }
+            }
+            if base.is_none() {
+                base = raws.peek().and_then(|r| r.base.clone());
+            }
+            self.base_dirty = base.is_none();
+            match base {
+                Some(b) => {
+                    self.uidvalidity = b.uidvalidity;
+                    self.uidnext = b.uidnext.max(1);
+                    self.keywords = b.keywords;
+                    self.keywords.truncate(MAX_KEYWORDS);
+                }
+                None => {
+                    // The base is lost (new mailbox, or a tool deleted the
+                    // first message): keep the UIDVALIDITY we knew, if any.
+                    self.uidvalidity = keep_uidvalidity.filter(|&v| v != 0).unwrap_or_else(new_uidvalidity);
+                    self.uidnext = 1;
+                    self.keywords.clear();
+                }
+            }
+            self.messages.clear();
+        } else {
+            self.messages.truncate(from);
+        }
+        let has_base_limit = !self.base_dirty;
+        let base_uidnext = self.uidnext;
+        let mut last = self.messages.last().map_or(0, |m| m.uid);
+        let mut pending = Vec::new();
+        for r in raws {
+            // A UID is believed only if it keeps the order and is below the
+            // base's UIDNEXT; otherwise (mutt copied a message with its
+            // X-UID from another folder, or a crash came between writing a
+            // message and its base) the message gets a new one.
+            let uid_ok = r.uid > last && (!has_base_limit || from > 0 || r.uid < base_uidnext);
+            let uid = if uid_ok { r.uid } else { 0 };
+            if uid_ok {
+                last = uid;
+            }
+            let mut kw = 0u64;
+            for k in &r.keywords {
+                if let Some(i) = self.keyword_bit(k) {
+                    kw |= 1 << i;
+                }
+            }
+            pending.push(Message {
+                uid,
+                flags: r.flags,
+                keywords: kw,
+                date: r.date.unwrap_or(self.id.mtime.0),
+                size: r.size(),
+                hdr_size: r.hdr_size,
+                from_off: r.from_off,
+                hdr_off: r.hdr_off,
+                body_off: r.body_off,
+                end: r.end,
+                state: r.state,
+                has_state: r.has_state,
+                raw_body: r.raw_body,
+                dirty: false,
+                persisted: uid_ok && r.has_state,
+            });
+        }
+        self.uidnext = self.uidnext.max(last.saturating_add(1));
+        for mut m in pending {
+            if m.uid == 0 {
+                m.uid = self.uidnext;
+                self.uidnext = self.uidnext.saturating_add(1);
+                m.persisted = false;
+            }
+            self.messages.push(m);
+        }
+        // UIDs must ascend; a message given a fresh UID above breaks that if
+        // valid ones follow it. Renumber from the first break.
+        let mut prev = 0;
+        for i in 0..self.messages.len() {
+            if self.messages[i].uid <= prev {
+                for m in &mut self.messages[i..] {
+                    m.uid = self.uidnext;
+                    self.uidnext = self.uidnext.saturating_add(1);
+                    m.persisted = false;
+                }
+                break;
+            }
+            prev = self.messages[i].uid;
+        }
+    }
+
+    /// The bit of keyword `name`, adding it to the mailbox's list if new.
+    /// `None` when the list is full.
+    pub fn keyword_bit(&mut self, name: &str) -> Option<usize> {
+        if let Some(i) = self.keywords.iter().position(|k| k.eq_ignore_ascii_case(name)) {
+            return Some(i);
+        }
+        if self.keywords.len() >= MAX_KEYWORDS || !state::is_keyword(name) {
+            return None;
+        }
+        self.keywords.push(name.to_string());
+        self.base_dirty = true;
+        Some(self.keywords.len() - 1)
+    }
+
+    /// True when something is only in memory.
+    pub fn needs_sync(&self) -> bool {
+        // An empty file gets no pseudo-message just to keep its UIDVALIDITY:
+        // mail tools would show it. The first message carries the base.
+        (self.base_dirty && (!self.messages.is_empty() || self.pseudo.is_some()))
+            || self.messages.iter().any(|m| m.dirty || !m.persisted)
+    }
+
+    /// Notices outside changes: an append parses only the new tail; any
+    /// other change re-reads the file and matches messages by X-UID.
+    pub fn refresh(&mut self) -> Result<Vec<Event>, StoreError> {
+        let now = self.stat()?;
+        if now == self.id {
+            return Ok(Vec::new());
+        }
+        if self.reopen_if_replaced()? {
+            let mut ev = self.reload(true, false)?;
+            ev.extend(self.sync_after_refresh()?);
+            return Ok(ev);
+        }
+        if now.size > self.id.size && !self.messages.is_empty() && self.tail_intact()? {
+            // Only appended: re-parse from our last message on (its end may
+            // move if the file did not end in a newline).
+            let from_idx = self.messages.len() - 1;
+            let start = self.messages[from_idx].from_off;
+            let (raws, id) = {
+                let _r = lock::lock_read(&self.file, &self.path, &self.opts.lock)?;
+                let meta = self.file.metadata().map_err(io_err(&self.path, "stat"))?;
+                let id = FileId::of(&meta);
+                let s = scan::scan(&self.file, start, id.size, self.opts.format).map_err(|e| self.scan_error(e))?;
+                (s.messages, id)
+            };
+            if raws.first().is_some_and(|r| r.from_off == start) {
+                let last_known = self.messages.last().map(|m| (m.uid, m.flags, m.keywords, m.dirty, m.persisted));
+                let old_len = self.messages.len();
+                {
+                    self.build(raws, from_idx, None);
+                    // The re-parsed last message keeps its identity.
+                    if let (Some((uid, flags, kw, dirty, persisted)), Some(m)) =
+                        (last_known, self.messages.get_mut(from_idx))
+                    {
+                        if m.uid != uid {
+                            // Its X-UID vanished: it is still the same message.
+                            m.uid = uid;
+                        }
+                        if dirty {
+                            m.flags = flags;
+                            m.keywords = kw;
+                            m.dirty = true;
+                        }
+                        m.persisted = m.persisted && persisted;
+                    }
+                }
+                self.id = id;
+                let new: Vec<u32> = self.messages[old_len.min(self.messages.len())..].iter().map(|m| m.uid).collect();
+                let mut ev = Vec::new();
+                if !new.is_empty() {
+                    ev.push(Event::Appended(new));
+                }
+                ev.extend(self.sync_after_refresh()?);
+                return Ok(ev);
+            }
+        }
+        let mut ev = self.reload(true, false)?;
+        ev.extend(self.sync_after_refresh()?);
+        Ok(ev)
+    }
+
+    fn sync_after_refresh(&mut self) -> Result<Vec<Event>, StoreError> {
+        if self.messages.iter().any(|m| !m.persisted) || self.base_dirty {
+            match self.try_flush() {
+                Ok(ev) => return Ok(ev),
+                Err(StoreError::LockTimeout(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(Vec::new())
+    }
+
+    /// Checks that our last message still starts where we think it does.
+    fn tail_intact(&self) -> Result<bool, StoreError> {
+        let Some(m) = self.messages.last() else { return Ok(true) };
+        let mut b = [0u8; 5];
+        match self.file.read_exact_at(&mut b, m.from_off) {
+            Ok(()) => Ok(&b == b"From "),
+            Err(_) => Ok(false),
+        }
+    }
+
+    /// Sets the flags and keywords of message `i` in memory. Returns true
+    /// if they changed. Written by the next [`flush`](Self::flush).
+    pub fn set_flags(&mut self, i: usize, flags: Flags, keywords: u64) -> bool {
+        let m = &mut self.messages[i];
+        if m.flags == flags && m.keywords == keywords {
+            return false;
+        }
+        m.flags = flags;
+        m.keywords = keywords;
+        m.dirty = true;
+        true
+    }
+
+    /// Writes everything that is only in memory, waiting for the lock.
+    pub fn flush(&mut self) -> Result<Vec<Event>, StoreError> {
+        if !self.needs_sync() {
+            return Ok(Vec::new());
+        }
+        let _l = self.lock_write()?;
+        self.write_back(&HashSet::new())
+    }
+
+    /// Like [`flush`](Self::flush) but gives up at once when the mailbox
+    /// is locked by another program (`LockTimeout`).
+    pub fn try_flush(&mut self) -> Result<Vec<Event>, StoreError> {
+        if !self.needs_sync() {
+            return Ok(Vec::new());
+        }
+        let Some(_l) = lock::try_lock_write(&self.file, &self.path, &self.opts.lock)? else {
+            return Err(StoreError::LockTimeout(self.path.clone()));
+        };
+        self.write_back(&HashSet::new())
+    }
+
+    /// Removes the messages with these UIDs from the file. The events say
+    /// what changed, including outside changes noticed on the way; the
+    /// `Expunged` event lists the UIDs removed.
+    pub fn expunge(&mut self, uids: &[u32]) -> Result<Vec<Event>, StoreError> {
+        let _l = self.lock_write()?;
+        let mut events = self.refresh_under_lock()?;
+        let mut set: HashSet<u32> = uids.iter().copied().collect();
+        set.retain(|u| self.position(*u).is_some());
+        if set.is_empty() && !self.needs_sync() {
+            return Ok(events);
+        }
+        events.extend(self.write_back(&set)?);
+        Ok(events)
+    }
+
+    /// Someone may have changed the file since we looked: re-read it while
+    /// holding the write lock.
+    fn refresh_under_lock(&mut self) -> Result<Vec<Event>, StoreError> {
+        if self.stat()? == self.id {
+            return Ok(Vec::new());
+        }
+        self.reopen_if_replaced()?;
+        self.reload(true, true)
+    }
+
+    /// The base as it should be on disk.
+    fn base(&self) -> Base {
+        Base { uidvalidity: self.uidvalidity, uidnext: self.uidnext, keywords: self.keywords.clone() }
+    }
+
+    fn keyword_names(&self, bits: u64) -> Vec<&str> {
+        (0..self.keywords.len()).filter(|i| bits & (1 << i) != 0).map(|i| self.keywords[i].as_str()).collect()
+    }
+
+    /// Writes dirty state and removes `expunge`, under the write lock.
+    fn write_back(&mut self, expunge: &HashSet<u32>) -> Result<Vec<Event>, StoreError> {
+        let base = self.base();
+        let sync = self.opts.fsync;
+        // 1. Where must the rewrite start?
+        let first_kept = self.messages.iter().position(|m| !expunge.contains(&m.uid));
+        let mut start: Option<usize> = None;
+        let mut in_place: Vec<(u64, Vec<u8>)> = Vec::new();
+        let mut base_done = self.pseudo.is_none() && first_kept.is_none() && self.messages.is_empty();
+        // The base lives in the pseudo-message if there is one.
+        if let Some(p) = &self.pseudo {
+            if self.base_dirty {
+                match p.state.and_then(|(off, len)| {
+                    self.fit_existing(off, len, Some(&base), true, 0, Flags::empty(), &[]).map(|b| (off, b))
+                }) {
+                    Some(w) => in_place.push(w),
+                    None => start = Some(0),
+                }
+            }
+            base_done = true;
+        }
+        for (i, m) in self.messages.iter().enumerate() {
+            if start.is_some_and(|s| s <= i) {
+                break;
+            }
+            if expunge.contains(&m.uid) || !m.persisted {
+                start = Some(i);
+                break;
+            }
+            let carries_base = self.pseudo.is_none() && Some(i) == first_kept;
+            let must = m.dirty || (carries_base && self.base_dirty);
+            if !must {
+                continue;
+            }
+            let kws = self.keyword_names(m.keywords);
+            let b = if carries_base { Some(&base) } else { None };
+            match m
+                .state
+                .and_then(|(off, len)| self.fit_existing(off, len, b, false, m.uid, m.flags, &kws).map(|w| (off, w)))
+            {
+                Some(w) => in_place.push(w),
+                None => {
+                    start = Some(i);
+                    break;
+                }
+            }
+            if carries_base {
+                base_done = true;
+            }
+        }
+        let _ = base_done;
+        // 2. In-place writes: each the same length as what it replaces, line
+        // by line, so a torn write never moves a line break.
+        for (off, bytes) in &in_place {
+            if start.is_some_and(|s| self.messages.get(s).is_some_and(|m| *off >= m.from_off)) {
+                continue; // the rewrite below covers it
+            }
+            self.file.write_all_at(bytes, *off).map_err(io_err(&self.path, "write"))?;
+        }
+        let mut events = Vec::new();
+        // 3. The tail rewrite.
+        if let Some(s) = start {
+            events = self.rewrite_from(s, expunge)?;
+        } else if !in_place.is_empty() && sync {
+            self.file.sync_data().map_err(io_err(&self.path, "fsync"))?;
+        }
+        for m in &mut self.messages {
+            m.dirty = false;
+        }
+        self.base_dirty = false;
+        let meta = self.file.metadata().map_err(io_err(&self.path, "stat"))?;
+        self.id = FileId::of(&meta);
+        Ok(events)
+    }
+
+    /// Renders a state block that replaces the one at `off` exactly, line
+    /// for line, or `None` when it does not fit.
+    #[allow(clippy::too_many_arguments)]
+    fn fit_existing(
+        &self,
+        off: u64,
+        len: u32,
+        base: Option<&Base>,
+        pseudo: bool,
+        uid: u32,
+        flags: Flags,
+        kws: &[&str],
+    ) -> Option<Vec<u8>> {
+        let mut old = vec![0u8; len as usize];
+        self.file.read_exact_at(&mut old, off).ok()?;
+        let mut out = Vec::with_capacity(old.len());
+        let (mut saw_uid, mut saw_base, mut saw_status, mut saw_xstatus, mut saw_kw) =
+            (false, false, false, false, false);
+        for line in old.split_inclusive(|&b| b == b'\n') {
+            let body = line.strip_suffix(b"\n")?;
+            let kind = state::classify(line)?;
+            let colon = memchr::memchr(b':', body)?;
+            let width = body.len() - colon - 1;
+            let value = match kind {
+                StateHeader::ImapBase | StateHeader::Imap => {
+                    let b = base?;
+                    if (kind == StateHeader::Imap) != pseudo {
+                        return None;
+                    }
+                    saw_base = true;
+                    let mut v = format!("{} {:010}", b.uidvalidity, b.uidnext.saturating_sub(1));
+                    for k in &b.keywords {
+                        v.push(' ');
+                        v.push_str(k);
+                    }
+                    v
+                }
+                StateHeader::Uid => {
+                    if pseudo {
+                        return None;
+                    }
+                    saw_uid = true;
+                    uid.to_string()
+                }
+                StateHeader::Status => {
+                    saw_status = true;
+                    let mut v = String::new();
+                    if flags.contains(Flags::SEEN) {
+                        v.push('R');
+                    }
+                    if pseudo || !flags.contains(Flags::RECENT) {
+                        v.push('O');
+                    }
+                    v
+                }
+                StateHeader::XStatus => {
+                    saw_xstatus = true;
+                    let mut v = String::new();
+                    for (f, c) in
+                        [(Flags::ANSWERED, 'A'), (Flags::DELETED, 'D'), (Flags::FLAGGED, 'F'), (Flags::DRAFT, 'T')]
+                    {
+                        if flags.contains(f) {
+                            v.push(c);
+                        }
+                    }
+                    v
+                }
+                StateHeader::Keywords => {
+                    saw_kw = true;
+                    kws.join(" ")
+                }
+                StateHeader::ContentLength => return None,
+            };
+            let text = if value.is_empty() { String::new() } else { format!(" {value}") };
+            if text.len() > width {
+                return None;
+            }
+            out.extend_from_slice(&body[..=colon]);
+            out.extend_from_slice(text.as_bytes());
+            out.extend(std::iter::repeat_n(b' ', width - text.len()));
+            out.push(b'\n');
+        }
+        let need_status = pseudo || flags.contains(Flags::SEEN) || !flags.contains(Flags::RECENT);
+        let need_xstatus = flags.0 & (Flags::ANSWERED.0 | Flags::DELETED.0 | Flags::FLAGGED.0 | Flags::DRAFT.0) != 0;
+        if (base.is_some() != saw_base)
+            || (!pseudo && !saw_uid)
+            || (need_status && !saw_status)
+            || (need_xstatus && !saw_xstatus)
+            || (!kws.is_empty() && !saw_kw)
+        {
+            return None;
+        }
+        debug_assert_eq!(out.len(), old.len());
+        Some(out)
+    }
+
+    /// Rewrites the file from message `s` on, dropping `expunge`, giving
+    /// every kept message a fresh state block. Then re-indexes that tail.
+    fn rewrite_from(&mut self, s: usize, expunge: &HashSet<u32>) -> Result<Vec<Event>, StoreError> {
+        let base = self.base();
+        let old_len = self.file.metadata().map_err(io_err(&self.path, "stat"))?.len();
+        let rewrite_pseudo = s == 0 && self.pseudo.is_some() && self.base_dirty && {
+            let p = self.pseudo.as_ref().expect("checked");
+            p.state
+                .and_then(|(off, len)| self.fit_existing(off, len, Some(&base), true, 0, Flags::empty(), &[]))
+                .is_none()
+        };
+        let p_off = if rewrite_pseudo {
+            0
+        } else {
+            self.messages
+                .get(s)
+                .map_or_else(|| self.pseudo.as_ref().map_or(0, |p| p.end + 1).min(old_len), |m| m.from_off)
+        };
+        let kept: Vec<usize> = (s..self.messages.len()).filter(|&i| !expunge.contains(&self.messages[i].uid)).collect();
+        let gone: Vec<u32> = self.messages[s..].iter().filter(|m| expunge.contains(&m.uid)).map(|m| m.uid).collect();
+        let first_kept_overall = self.messages.iter().position(|m| !expunge.contains(&m.uid));
+        let mut pieces = Vec::new();
+        let need_pseudo = rewrite_pseudo || (self.pseudo.is_none() && first_kept_overall.is_none());
+        if need_pseudo {
+            pieces.push(Piece::New(self.pseudo_message(&base)));
+        }
+        let has_pseudo_after = self.pseudo.is_some() || need_pseudo;
+        for &i in &kept {
+            let m = &self.messages[i];
+            let from = self.read_at(m.from_off, (m.hdr_off - m.from_off) as usize)?;
+            let mut from = from;
+            if from.last() != Some(&b'\n') {
+                from.push(b'\n');
+            }
+            pieces.push(Piece::New(from));
+            let kws = self.keyword_names(m.keywords);
+            let carries_base = !has_pseudo_after && Some(i) == first_kept_overall;
+            let block = state::render(
+                &state::Block { base: carries_base.then_some(&base), uid: m.uid, flags: m.flags, keywords: &kws },
+                None,
+            )
+            .expect("unconstrained render");
+            pieces.push(Piece::New(block));
+            match m.state {
+                Some((off, len)) => {
+                    pieces.push(Piece::Old(m.hdr_off, off - m.hdr_off));
+                    pieces.push(Piece::Old(off + len as u64, m.end - (off + len as u64)));
+                }
+                None if !m.has_state => pieces.push(Piece::Old(m.hdr_off, m.end - m.hdr_off)),
+                None => {
+                    let hdr = self.read_at(m.hdr_off, (m.body_off - m.hdr_off) as usize)?;
+                    pieces.push(Piece::New(strip_state_lines(&hdr)));
+                    pieces.push(Piece::Old(m.body_off, m.end - m.body_off));
+                }
+            }
+            pieces.push(Piece::New(b"\n".to_vec()));
+        }
+        let pieces: Vec<Piece> = pieces.into_iter().filter(|p| !p.is_empty()).collect();
+        let new_len = journal::rewrite_tail(&self.file, &self.path, p_off, old_len, &pieces, self.opts.fsync)
+            .map_err(io_err(&self.path, "rewrite"))?;
+        // Re-index what we wrote and check it says what we meant.
+        let meta = self.file.metadata().map_err(io_err(&self.path, "stat"))?;
+        let scanned = scan::scan(&self.file, p_off, new_len, self.opts.format).map_err(|e| self.scan_error(e))?;
+        let kept_msgs: Vec<Message> = kept.iter().map(|&i| self.messages[i].clone()).collect();
+        let mut raws = scanned.messages.into_iter();
+        if p_off == 0 && has_pseudo_after {
+            let r = raws.next().ok_or_else(|| StoreError::Changed(self.path.clone()))?;
+            self.pseudo = Some(Pseudo { from_off: r.from_off, end: r.end, state: r.state });
+        }
+        self.messages.truncate(s);
+        for (want, r) in kept_msgs.into_iter().zip(raws.by_ref()) {
+            if r.uid != want.uid {
+                log::error!("store verify path={} want-uid={} got-uid={}", self.path.display(), want.uid, r.uid);
+                return Err(StoreError::Changed(self.path.clone()));
+            }
+            self.messages.push(Message {
+                from_off: r.from_off,
+                hdr_off: r.hdr_off,
+                body_off: r.body_off,
+                end: r.end,
+                state: r.state,
+                has_state: r.has_state,
+                raw_body: r.raw_body,
+                size: r.size(),
+                hdr_size: r.hdr_size,
+                dirty: false,
+                persisted: true,
+                ..want
+            });
+        }
+        self.id = FileId::of(&meta);
+        let mut events = Vec::new();
+        if !gone.is_empty() {
+            events.push(Event::Expunged(gone));
+        }
+        Ok(events)
+    }
+
+    fn read_at(&self, off: u64, n: usize) -> Result<Vec<u8>, StoreError> {
+        let mut v = vec![0u8; n];
+        self.file.read_exact_at(&mut v, off).map_err(io_err(&self.path, "read"))?;
+        Ok(v)
+    }
+
+    /// UW-IMAP's "FOLDER INTERNAL DATA" message: it keeps UIDVALIDITY,
+    /// UIDNEXT and the keyword list of a mailbox with no messages. Hidden
+    /// from clients and counted nowhere.
+    fn pseudo_message(&self, base: &Base) -> Vec<u8> {
+        let t = now();
+        let mut out = from_line::format("MAILER-DAEMON", t).into_bytes();
+        out.push(b'\n');
+        out.extend_from_slice(format!("Date: {}\n", rfc2822_date(t)).as_bytes());
+        out.extend_from_slice(
+            format!("From: Mail System Internal Data <MAILER-DAEMON@{}>\n", self.opts.hostname).as_bytes(),
+        );
+        out.extend_from_slice(b"Subject: DON'T DELETE THIS MESSAGE -- FOLDER INTERNAL DATA\n");
+        out.extend_from_slice(format!("Message-ID: <{}@{}>\n", t, self.opts.hostname).as_bytes());
+        let mut x = format!("X-IMAP: {} {:010}", base.uidvalidity, base.uidnext.saturating_sub(1));
+        for k in &base.keywords {
+            x.push(' ');
+            x.push_str(k);
+        }
+        out.extend_from_slice(x.as_bytes());
+        out.extend(std::iter::repeat_n(b' ', state::BASE_PADDING));
+        out.extend_from_slice(b"\nStatus: RO\n\n");
+        out.extend_from_slice(
+            b"This text is part of the internal format of your mail folder, and is not\n\
+a real message.  It is created automatically by the mail system software.\n\
+If deleted, important folder data will be lost, and it will be re-created\n\
+with the data reset to initial values.\n\n",
+        );
+        out
+    }
+
+    /// Appends a message (content as the client sent it) with these flags,
+    /// writing its UID at once. Returns the UID and what changed.
+    pub fn append(
+        &mut self,
+        content: &[u8],
+        flags: Flags,
+        keywords: &[&str],
+        date: Option<i64>,
+        sender: &str,
+    ) -> Result<(u32, Vec<Event>), StoreError> {
+        let _l = self.lock_write()?;
+        let mut events = self.refresh_under_lock()?;
+        // New mail from others first gets its UIDs, so ours is the highest.
+        if self.needs_sync() {
+            events.extend(self.write_back(&HashSet::new())?);
+        }
+        let mut kw = 0u64;
+        let mut names = Vec::new();
+        for k in keywords {
+            if let Some(i) = self.keyword_bit(k) {
+                if kw & (1 << i) == 0 {
+                    kw |= 1 << i;
+                    names.push(self.keywords[i].clone());
+                }
+            }
+        }
+        let uid = self.uidnext;
+        let carries_base = self.pseudo.is_none() && self.messages.is_empty();
+        let base =
+            Base { uidvalidity: self.uidvalidity, uidnext: uid.saturating_add(1), keywords: self.keywords.clone() };
+        let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let block = state::render(
+            &state::Block { base: carries_base.then_some(&base), uid, flags, keywords: &name_refs },
+            None,
+        )
+        .expect("unconstrained render");
+        let date = date.unwrap_or_else(now);
+        let data = self.framed(&block, content, sender, date)?;
+        journal::append(&self.file, &self.path, &data, self.opts.fsync).map_err(io_err(&self.path, "append"))?;
+        self.uidnext = uid.saturating_add(1);
+        if !carries_base {
+            self.base_dirty = true;
+        }
+        // Index the new message from the file, then write the new UIDNEXT
+        // into the base (in place as a rule).
+        let meta = self.file.metadata().map_err(io_err(&self.path, "stat"))?;
+        let start = meta.len() - data.len() as u64;
+        let s = scan::scan(&self.file, start, meta.len(), self.opts.format).map_err(|e| self.scan_error(e))?;
+        let r = s.messages.into_iter().next().ok_or_else(|| StoreError::Changed(self.path.clone()))?;
+        self.messages.push(Message {
+            uid,
+            flags,
+            keywords: kw,
+            date,
+            size: r.size(),
+            hdr_size: r.hdr_size,
+            from_off: r.from_off,
+            hdr_off: r.hdr_off,
+            body_off: r.body_off,
+            end: r.end,
+            state: r.state,
+            has_state: true,
+            raw_body: false,
+            dirty: false,
+            persisted: true,
+        });
+        self.id = FileId::of(&meta);
+        if self.base_dirty {
+            events.extend(self.write_back(&HashSet::new())?);
+        }
+        events.push(Event::Appended(vec![uid]));
+        Ok((uid, events))
+    }
+
+    /// `From_` line, state block, stored content, separator; preceded by a
+    /// newline if the file does not end with one.
+    fn framed(&self, block: &[u8], content: &[u8], sender: &str, date: i64) -> Result<Vec<u8>, StoreError> {
+        let body = transform::stored(content, self.opts.format);
+        let mut data = Vec::with_capacity(body.len() + block.len() + 100);
+        let len = self.file.metadata().map_err(io_err(&self.path, "stat"))?.len();
+        if len > 0 {
+            let mut last = [0u8; 1];
+            self.file.read_exact_at(&mut last, len - 1).map_err(io_err(&self.path, "read"))?;
+            if last[0] != b'\n' {
+                data.push(b'\n');
+            }
+        }
+        data.extend_from_slice(from_line::format(sender, date).as_bytes());
+        data.push(b'\n');
+        data.extend_from_slice(block);
+        data.extend_from_slice(&body);
+        data.push(b'\n');
+        Ok(data)
+    }
+
+    /// Holds a shared fcntl lock while reading message bytes, and checks
+    /// that the file is still the one indexed.
+    fn with_read<T>(&self, f: impl FnOnce(&File) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        {
+            let mut g = self.readers.lock().unwrap_or_else(|p| p.into_inner());
+            match g.as_mut() {
+                Some((n, _)) => *n += 1,
+                None => *g = Some((1, lock::lock_read(&self.file, &self.path, &self.opts.lock)?)),
+            }
+        }
+        let res = if self.stat()? != self.id { Err(StoreError::Changed(self.path.clone())) } else { f(&self.file) };
+        let mut g = self.readers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((n, _)) = g.as_mut() {
+            *n -= 1;
+            if *n == 0 {
+                *g = None;
+            }
+        }
+        res
+    }
+
+    /// Writes message `i` as a client sees it (header, blank line, body;
+    /// CRLF line ends) to `out`. Returns the bytes written, which equal
+    /// [`Message::size`]. `Changed` means: refresh, then try again.
+    pub fn write_message(&self, i: usize, out: &mut dyn Write) -> Result<u64, StoreError> {
+        let m = &self.messages[i];
+        self.with_read(|file| {
+            let unquote = self.opts.format == MboxFormat::Mboxrd && !m.raw_body;
+            let h = {
+                let mut s = Served::new(&mut *out, unquote, true);
+                stream(file, m.hdr_off, m.body_off, &mut s, &self.path)?;
+                s.finish().map_err(io_err(&self.path, "write"))?
+            };
+            let mut s = Served::new(&mut *out, unquote, false);
+            stream(file, m.body_off, m.end, &mut s, &self.path)?;
+            Ok(h + s.finish().map_err(io_err(&self.path, "write"))?)
+        })
+    }
+
+    /// The message as a client sees it, in memory.
+    pub fn message_bytes(&self, i: usize) -> Result<Vec<u8>, StoreError> {
+        let mut v = Vec::with_capacity(self.messages[i].size as usize);
+        self.write_message(i, &mut v)?;
+        Ok(v)
+    }
+
+    /// Writes only the header (with its blank line) of message `i`.
+    pub fn write_header(&self, i: usize, out: &mut dyn Write) -> Result<u64, StoreError> {
+        let m = &self.messages[i];
+        self.with_read(|file| {
+            let mut s = Served::new(out, self.opts.format == MboxFormat::Mboxrd && !m.raw_body, true);
+            stream(file, m.hdr_off, m.body_off, &mut s, &self.path)?;
+            s.finish().map_err(io_err(&self.path, "write"))
+        })
+    }
+
+    /// Writes only the body of message `i`.
+    pub fn write_body(&self, i: usize, out: &mut dyn Write) -> Result<u64, StoreError> {
+        let m = &self.messages[i];
+        self.with_read(|file| {
+            let unquote = self.opts.format == MboxFormat::Mboxrd && !m.raw_body;
+            let mut s = Served::new(out, unquote, false);
+            stream(file, m.body_off, m.end, &mut s, &self.path)?;
+            s.finish().map_err(io_err(&self.path, "write"))
+        })
+    }
+}
+
+fn stream<W: Write + ?Sized>(
+    file: &File,
+    mut from: u64,
+    to: u64,
+    s: &mut Served<'_, W>,
+    path: &Path,
+) -> Result<(), StoreError> {
+    let mut buf = vec![0u8; ((to - from) as usize).min(256 * 1024)];
+    while from < to {
+        let n = ((to - from) as usize).min(buf.len());
+        file.read_exact_at(&mut buf[..n], from).map_err(io_err(path, "read"))?;
+        s.push(&buf[..n]).map_err(io_err(path, "write"))?;
+        from += n as u64;
+    }
+    Ok(())
+}
+
+/// A header block without its state lines (Content-Length stays: it may
+/// be what delimits the body).
+fn strip_state_lines(hdr: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(hdr.len());
+    let mut dropping = false;
+    for line in hdr.split_inclusive(|&b| b == b'\n') {
+        if line[0] == b' ' || line[0] == b'\t' {
+            if !dropping {
+                out.extend_from_slice(line);
+            }
+            continue;
+        }
+        dropping = matches!(state::classify(line), Some(k) if k != StateHeader::ContentLength);
+        if !dropping {
+            out.extend_from_slice(line);
+        }
+    }
+    out
+}
+
+/// A fresh UIDVALIDITY: the time, as UW-IMAP and Dovecot choose it.
+fn new_uidvalidity() -> u32 {
+    static LAST: Mutex<u32> = Mutex::new(0);
+    let mut last = LAST.lock().unwrap_or_else(|p| p.into_inner());
+    let t = (now() as u32).max(1);
+    // Two mailboxes created in the same second still differ from each
+    // other's earlier values within this process.
+    *last = if t > *last { t } else { *last + 1 };
+    *last
+}
+
+/// RFC 5322 date in UTC.
+pub fn rfc2822_date(t: i64) -> String {
+    let a = from_line::asctime(t);
+    // asctime: "Www Mmm dd hh:mm:ss yyyy"
+    let w: Vec<&str> = a.split_whitespace().collect();
+    format!("{}, {} {} {} {} +0000", w[0], w[2], w[1], w[4], w[3])
+}

@@ -1,0 +1,75 @@
+//! Shared helpers of the integration tests: temporary mail trees, message
+//! corpora, and mbox inspection.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use postroom::store::{Mailbox, Options};
+
+/// A temporary directory removed at drop.
+pub struct Tmp {
+    pub dir: tempfile::TempDir,
+}
+
+impl Tmp {
+    pub fn new() -> Tmp {
+        Tmp { dir: tempfile::Builder::new().prefix("postroom-test").tempdir().expect("tempdir") }
+    }
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+pub fn opts() -> Options {
+    let mut o = Options::default();
+    o.lock.timeout = std::time::Duration::from_secs(20);
+    o
+}
+
+pub fn open(path: &Path) -> Mailbox {
+    Mailbox::open(path, &opts(), true).expect("open mailbox")
+}
+
+/// Every message as a client sees it, with its UID.
+pub fn contents(mb: &Mailbox) -> Vec<(u32, Vec<u8>)> {
+    (0..mb.len()).map(|i| (mb.messages()[i].uid, mb.message_bytes(i).expect("read message"))).collect()
+}
+
+/// Bare LF to CRLF: what a client gets for content stored with LF.
+pub fn crlf(s: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(s.len() + 16);
+    for (i, &b) in s.iter().enumerate() {
+        if b == b'\n' && (i == 0 || s[i - 1] != b'\r') {
+            out.push(b'\r');
+        }
+        out.push(b);
+    }
+    out
+}
+
+/// A corpus of awkward messages, CRLF line ends, none with state headers.
+pub fn corpus() -> Vec<Vec<u8>> {
+    let mut v: Vec<Vec<u8>> = vec![
+        b"From: a@example.org\r\nSubject: plain\r\n\r\nHello.\r\n".to_vec(),
+        b"From: b@example.org\r\nSubject: from lines\r\n\r\nFrom me\r\n>From you\r\n>>From x\r\nFrom\r\n From indented\r\n".to_vec(),
+        b"Subject: no trailing newline\r\n\r\nlast line".to_vec(),
+        b"".to_vec(),
+        b"Subject: header only\r\n".to_vec(),
+        b"Subject: header only, no newline".to_vec(),
+        b"Subject: empty body\r\n\r\n".to_vec(),
+        b"Subject: 8bit \xc3\xa9t\xc3\xa9\r\n\r\n\xff\xfe\x00\x01 binary-ish \x80\r\n\r\n\r\n".to_vec(),
+        b"Subject: bare CR\r\n\r\nline\rwith CR\r\n".to_vec(),
+        b"\r\nbody without header\r\n".to_vec(),
+        b"Subject: looks like a separator\r\n\r\nFrom someone@example.org Thu Nov 26 16:01:55 2026\r\nnext\r\n".to_vec(),
+    ];
+    let mut mime = b"MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=XX\r\nSubject: mime\r\n\r\n--XX\r\nContent-Type: text/plain\r\n\r\ntext\r\n--XX\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\n\r\n".to_vec();
+    for i in 0..200 {
+        mime.extend_from_slice(
+            format!("QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVphYmNkZWZnaGlqa2xtbm9wcXJzdHV2d3h5ejAxMjM0{i:04}\r\n")
+                .as_bytes(),
+        );
+    }
+    mime.extend_from_slice(b"--XX--\r\n");
+    v.push(mime);
+    v
+}
