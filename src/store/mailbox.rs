@@ -115,7 +115,6 @@ impl FileId {
 
 #[derive(Debug, Clone)]
 struct Pseudo {
-    from_off: u64,
     end: u64,
     state: Option<(u64, u32)>,
 }
@@ -336,7 +335,7 @@ impl Mailbox {
                 if r.pseudo {
                     let r = raws.next().expect("peeked");
                     base = r.base.clone();
-                    self.pseudo = Some(Pseudo { from_off: r.from_off, end: r.end, state: r.state });
+                    self.pseudo = Some(Pseudo { end: r.end, state: r.state });
                 }
             }
             if base.is_none() {
@@ -834,7 +833,7 @@ impl Mailbox {
         let mut raws = scanned.messages.into_iter();
         if p_off == 0 && has_pseudo_after {
             let r = raws.next().ok_or_else(|| StoreError::Changed(self.path.clone()))?;
-            self.pseudo = Some(Pseudo { from_off: r.from_off, end: r.end, state: r.state });
+            self.pseudo = Some(Pseudo { end: r.end, state: r.state });
         }
         self.messages.truncate(s);
         for (want, r) in kept_msgs.into_iter().zip(raws.by_ref()) {

@@ -73,3 +73,51 @@ pub fn corpus() -> Vec<Vec<u8>> {
     v.push(mime);
     v
 }
+
+/// A deterministic test message for `id`, CRLF line ends, with awkward
+/// lines (From, >From, 8-bit) and a size that varies with the id.
+pub fn message_for(id: &str) -> Vec<u8> {
+    let n = id.bytes().fold(7u32, |h, b| h.wrapping_mul(31).wrapping_add(b as u32));
+    let mut m = format!(
+        "From: sender-{n}@example.org\r\nTo: alice@example.org\r\nSubject: test {id}\r\nMessage-ID: <{id}@postroom.test>\r\n\r\n"
+    )
+    .into_bytes();
+    for i in 0..(n % 40 + 1) {
+        match (n + i) % 7 {
+            0 => m.extend_from_slice(b"From the start of a line\r\n"),
+            1 => m.extend_from_slice(b">From quoted already\r\n"),
+            2 => m.extend_from_slice("caf\u{e9} 8-bit line \u{2713}\r\n".as_bytes()),
+            3 => m.extend_from_slice(b"\r\n"),
+            _ => {
+                m.extend_from_slice(format!("line {i} of {id}, some ordinary text to fill the body up\r\n").as_bytes())
+            }
+        }
+    }
+    m
+}
+
+/// The Message-ID of a message made by [`message_for`].
+pub fn id_of(bytes: &[u8]) -> Option<String> {
+    let text = String::from_utf8_lossy(bytes);
+    let start = text.find("Message-ID: <")? + "Message-ID: <".len();
+    let end = text[start..].find("@postroom.test>")?;
+    Some(text[start..start + end].to_string())
+}
+
+/// Writes a config and passwd-file for `users` into `dir`; returns the config path.
+pub fn write_config(dir: &Path, users: &[&str], extra: &str) -> PathBuf {
+    let mut pw = String::new();
+    for u in users {
+        pw.push_str(&format!("{u}:{{PLAIN}}secret-{u}:::\n"));
+    }
+    std::fs::write(dir.join("passwd"), pw).unwrap();
+    let conf = dir.join("postroom.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "passwd-file passwd\ninbox spool/%u\nmail-dir mail/%u\nstate-dir state\nhostname test.example\n{extra}"
+        ),
+    )
+    .unwrap();
+    conf
+}

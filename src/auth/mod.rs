@@ -1,0 +1,5 @@
+//! Accounts: the passwd-file (Dovecot-compatible) and system accounts.
+
+pub mod passwd;
+
+pub use passwd::{Account, PasswdFile};
