@@ -321,3 +321,47 @@ fn content_length_keeps_unquoted_from_lines_inside_the_body() {
     assert_eq!(mb.message_bytes(0).unwrap(), crlf(format!("Subject: cl\n\n{body}").as_bytes()));
     assert_eq!(mb.messages()[0].size, crlf(format!("Subject: cl\n\n{body}").as_bytes()).len() as u64);
 }
+
+#[test]
+fn registry_shares_one_index_and_tells_every_subscriber() {
+    use postroom::store::Registry;
+    let t = Tmp::new();
+    let p = t.path("box");
+    let reg = Registry::new();
+    let a = reg.open(&p, &opts(), true).unwrap();
+    let b = reg.open(&p, &opts(), false).unwrap();
+    assert!(std::sync::Arc::ptr_eq(&a, &b));
+    assert_eq!(reg.open_count(), 1);
+    let sub_a = a.subscribe();
+    let sub_b = b.subscribe();
+    let (uid, ev) = a.write().append(b"Subject: x\r\n\r\ny\r\n", Flags::empty(), &[], None, "x").unwrap();
+    a.publish(&ev);
+    assert_eq!(sub_b.events.try_recv().unwrap(), Event::Appended(vec![uid]));
+    assert_eq!(sub_a.events.try_recv().unwrap(), Event::Appended(vec![uid]));
+    // An outside append is noticed by refresh and published.
+    let mut f = fs::OpenOptions::new().append(true).open(&p).unwrap();
+    f.write_all(b"From m Thu Nov 26 11:00:00 2026\nSubject: mta\n\nz\n\n").unwrap();
+    drop(f);
+    b.refresh().unwrap();
+    assert_eq!(sub_a.events.try_recv().unwrap(), Event::Appended(vec![uid + 1]));
+    assert_eq!(a.read().len(), 2);
+    drop(sub_a);
+    drop(sub_b);
+    drop(a);
+    drop(b);
+    assert_eq!(reg.open_count(), 0);
+}
+
+#[test]
+fn readers_see_changed_when_the_file_moved_under_them() {
+    let t = Tmp::new();
+    let p = t.path("box");
+    let mut mb = open(&p);
+    mb.append(b"Subject: a\r\n\r\na\r\n", Flags::empty(), &[], None, "x").unwrap();
+    mb.append(b"Subject: b\r\n\r\nb\r\n", Flags::empty(), &[], None, "x").unwrap();
+    let mut other = open(&p);
+    other.expunge(&[1]).unwrap();
+    assert!(matches!(mb.message_bytes(0), Err(postroom::store::StoreError::Changed(_))));
+    assert_eq!(mb.refresh().unwrap(), vec![Event::Expunged(vec![1])]);
+    assert_eq!(mb.message_bytes(0).unwrap(), b"Subject: b\r\n\r\nb\r\n");
+}

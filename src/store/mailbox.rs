@@ -546,7 +546,11 @@ impl Mailbox {
             return Ok(Vec::new());
         }
         let _l = self.lock_write()?;
-        self.write_back(&HashSet::new())
+        // The file may have changed since we looked: never write at
+        // offsets that are no longer true.
+        let mut events = self.refresh_under_lock()?;
+        events.extend(self.write_back(&HashSet::new())?);
+        Ok(events)
     }
 
     /// Like [`flush`](Self::flush) but gives up at once when the mailbox
@@ -558,7 +562,9 @@ impl Mailbox {
         let Some(_l) = lock::try_lock_write(&self.file, &self.path, &self.opts.lock)? else {
             return Err(StoreError::LockTimeout(self.path.clone()));
         };
-        self.write_back(&HashSet::new())
+        let mut events = self.refresh_under_lock()?;
+        events.extend(self.write_back(&HashSet::new())?);
+        Ok(events)
     }
 
     /// Removes the messages with these UIDs from the file. The events say
@@ -597,6 +603,13 @@ impl Mailbox {
 
     /// Writes dirty state and removes `expunge`, under the write lock.
     fn write_back(&mut self, expunge: &HashSet<u32>) -> Result<Vec<Event>, StoreError> {
+        // Callers re-read the file under the lock when it changed; this is
+        // the last line of defence against writing at stale offsets.
+        let len = self.file.metadata().map_err(io_err(&self.path, "stat"))?.len();
+        if len != self.id.size {
+            log::error!("store stale-index path={} indexed={} now={}", self.path.display(), self.id.size, len);
+            return Err(StoreError::Changed(self.path.clone()));
+        }
         let base = self.base();
         let sync = self.opts.fsync;
         // 1. Where must the rewrite start?
@@ -1084,16 +1097,9 @@ fn stream<W: Write + ?Sized>(
 /// be what delimits the body).
 fn strip_state_lines(hdr: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(hdr.len());
-    let mut dropping = false;
     for line in hdr.split_inclusive(|&b| b == b'\n') {
-        if line[0] == b' ' || line[0] == b'\t' {
-            if !dropping {
-                out.extend_from_slice(line);
-            }
-            continue;
-        }
-        dropping = matches!(state::classify(line), Some(k) if k != StateHeader::ContentLength);
-        if !dropping {
+        let folded = line[0] == b' ' || line[0] == b'\t';
+        if folded || !matches!(state::classify(line), Some(k) if k != StateHeader::ContentLength) {
             out.extend_from_slice(line);
         }
     }

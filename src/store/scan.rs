@@ -225,7 +225,6 @@ fn scan_message(
         raw_body: false,
     };
     let rd = format == MboxFormat::Mboxrd;
-    let mut prev_hidden = false;
     // Size contribution of the last header line's newline, in case it turns
     // out to be the separator.
     let mut last_nl_size = 0u64;
@@ -276,7 +275,9 @@ fn scan_message(
             break;
         }
         let hidden = match line.first() {
-            Some(b' ') | Some(b'\t') => prev_hidden,
+            // State headers are one line each (every writer writes them so);
+            // a line folded under one is the message's own.
+            Some(b' ') | Some(b'\t') => false,
             _ => match state::classify(line) {
                 Some(kind) => {
                     let v = state::value(trim_nl(line));
@@ -302,7 +303,6 @@ fn scan_message(
         } else {
             last_nl_size = 0;
         }
-        prev_hidden = hidden;
         last_had_nl = has_nl;
         buf.consume(n);
     }

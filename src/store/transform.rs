@@ -65,7 +65,6 @@ pub struct Served<'w, W: Write + ?Sized> {
     out: &'w mut W,
     unquote: bool,
     in_header: bool,
-    dropping: bool,
     /// A partial line carried to the next piece (only for lines that start
     /// with `>` or, in the header, with anything: they need the whole line).
     carry: Vec<u8>,
@@ -77,16 +76,7 @@ pub struct Served<'w, W: Write + ?Sized> {
 impl<'w, W: Write + ?Sized> Served<'w, W> {
     /// `in_header`: the bytes start at the first header line.
     pub fn new(out: &'w mut W, unquote: bool, in_header: bool) -> Self {
-        Served {
-            out,
-            unquote,
-            in_header,
-            dropping: false,
-            carry: Vec::new(),
-            at_line_start: true,
-            prev_cr: false,
-            written: 0,
-        }
+        Served { out, unquote, in_header, carry: Vec::new(), at_line_start: true, prev_cr: false, written: 0 }
     }
 
     /// Bytes written so far.
@@ -140,15 +130,10 @@ impl<'w, W: Write + ?Sized> Served<'w, W> {
         if self.in_header {
             if line == b"\n" || line == b"\r\n" {
                 self.in_header = false;
-            } else if line[0] == b' ' || line[0] == b'\t' {
-                if self.dropping {
-                    return Ok(());
-                }
-            } else {
-                self.dropping = state::classify(line).is_some();
-                if self.dropping {
-                    return Ok(());
-                }
+            } else if line[0] != b' ' && line[0] != b'\t' && state::classify(line).is_some() {
+                // State headers are single lines: what follows folded is
+                // the message's own (see scan.rs).
+                return Ok(());
             }
         }
         let line = if self.unquote && is_quoted_from(line) { &line[1..] } else { line };
