@@ -1054,6 +1054,14 @@ with the data reset to initial values.\n\n",
         Ok(v)
     }
 
+    /// What the `From_` line of message `i` says (envelope sender and date).
+    pub fn from_line(&self, i: usize) -> Result<from_line::FromLine, StoreError> {
+        let m = &self.messages[i];
+        let line = self.with_read(|_| self.read_at(m.from_off, (m.hdr_off - m.from_off).min(1100) as usize))?;
+        let line = line.strip_suffix(b"\n").unwrap_or(&line);
+        Ok(from_line::parse(line).unwrap_or(from_line::FromLine { sender: "MAILER-DAEMON".into(), date: m.date }))
+    }
+
     /// Writes only the header (with its blank line) of message `i`.
     pub fn write_header(&self, i: usize, out: &mut dyn Write) -> Result<u64, StoreError> {
         let m = &self.messages[i];

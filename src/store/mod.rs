@@ -33,6 +33,7 @@ impl MboxFormat {
     }
 }
 
+pub mod folders;
 pub mod from_line;
 pub mod journal;
 pub mod mailbox;
