@@ -233,6 +233,9 @@ fn scan_message(
     let mut content_length: Option<u64> = None;
     let mut status_seen = false;
     let mut blank_line = false;
+    // A blank line "\r\n" that turns out to be the separator leaves its CR
+    // in the message.
+    let mut blank_crlf = false;
     let mut last_had_nl = false;
 
     // Header.
@@ -264,6 +267,7 @@ fn scan_message(
         }
         if line == b"\n" || line == b"\r\n" {
             blank_line = true;
+            blank_crlf = n == 2;
             m.hdr_size += 2;
             buf.consume(n);
             m.body_off = buf.pos();
@@ -353,7 +357,7 @@ fn scan_message(
                 }
             } else if pos == body_off && blank_line {
                 m.end = body_off - 1;
-                m.hdr_size -= 2;
+                m.hdr_size -= if blank_crlf { 1 } else { 2 };
                 m.body_off = m.end;
             }
             break;
@@ -372,7 +376,7 @@ fn scan_message(
                     // The body is empty: the blank line was the separator.
                     m.end = if blank_line { body_off - 1 } else { body_off };
                     if blank_line {
-                        m.hdr_size -= 2;
+                        m.hdr_size -= if blank_crlf { 1 } else { 2 };
                     }
                     m.body_off = m.end;
                 }
