@@ -5,6 +5,7 @@
 //! shared index, crash-safe writes), and `deliver` is the local delivery
 //! agent that the MTA runs.
 
+pub mod admin;
 pub mod auth;
 pub mod config;
 pub mod deliver;

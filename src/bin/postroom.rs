@@ -87,8 +87,15 @@ fn main() {
             exit(EX_UNAVAILABLE)
         }
         "mailbox" => {
-            eprintln!("postroom: mailbox is not built yet");
-            exit(EX_UNAVAILABLE)
+            opts.optopt("f", "", "config file", "config");
+            let m = options(&opts, rest);
+            let (action, user, name) = match m.free.as_slice() {
+                [a, u] => (a.as_str(), u.as_str(), "INBOX"),
+                [a, u, n] => (a.as_str(), u.as_str(), n.as_str()),
+                _ => usage(),
+            };
+            let config = load_config(&m, EX_CONFIG);
+            exit(postroom::admin::mailbox(&config, action, user, name, &mut std::io::stdout()))
         }
         _ => usage(),
     }
