@@ -30,7 +30,8 @@ fn check_status_repair_and_list() {
     assert!(out.contains("2 messages without X-UID"), "{out}");
     assert_eq!(fs::read_to_string(t.path("spool/alice")).unwrap(), MTA, "check changes nothing");
     // A status run killed in the middle of writing the UIDs leaves a journal.
-    let (code, _, _) = postroom(&["mailbox", "-f", c, "status", "alice"], &[("POSTROOM_TEST_CRASH_AT", "tail-written")]);
+    let (code, _, _) =
+        postroom(&["mailbox", "-f", c, "status", "alice"], &[("POSTROOM_TEST_CRASH_AT", "tail-written")]);
     assert_eq!(code, -1, "killed by the crash point");
     let (code, out, _) = postroom(&["mailbox", "-f", c, "check", "alice"], &[]);
     assert_eq!(code, 1);

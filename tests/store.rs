@@ -365,3 +365,34 @@ fn readers_see_changed_when_the_file_moved_under_them() {
     assert_eq!(mb.refresh().unwrap(), vec![Event::Expunged(vec![1])]);
     assert_eq!(mb.message_bytes(0).unwrap(), b"Subject: b\r\n\r\nb\r\n");
 }
+
+/// A UID given to outside mail must never be given again, even after that
+/// message is expunged and the server restarts.
+#[test]
+fn uids_of_outside_mail_are_never_reused() {
+    let t = Tmp::new();
+    let p = t.path("spool");
+    fs::write(&p, MTA).unwrap();
+    let mut mb = open(&p);
+    let mut f = fs::OpenOptions::new().append(true).open(&p).unwrap();
+    f.write_all(b"From d Thu Nov 26 11:00:00 2026\nSubject: four\n\n4\n\n").unwrap();
+    drop(f);
+    assert_eq!(mb.refresh().unwrap(), vec![Event::Appended(vec![4])]);
+    mb.expunge(&[4]).unwrap();
+    drop(mb);
+    let mut mb = open(&p);
+    assert_eq!(mb.uidnext(), 5);
+    let (uid, _) = mb.append(b"Subject: five\r\n\r\n5\r\n", Flags::empty(), &[], None, "x").unwrap();
+    assert_eq!(uid, 5);
+    // And once more through the pseudo-message when everything is gone.
+    mb.expunge(&[1, 2, 3, 5]).unwrap();
+    drop(mb);
+    let mut f = fs::OpenOptions::new().append(true).open(&p).unwrap();
+    f.write_all(b"From e Thu Nov 26 12:00:00 2026\nSubject: six\n\n6\n\n").unwrap();
+    drop(f);
+    let mb = open(&p);
+    assert_eq!(mb.messages().iter().map(|m| m.uid).collect::<Vec<_>>(), vec![6]);
+    drop(mb);
+    let mb = open(&p);
+    assert_eq!(mb.uidnext(), 7);
+}

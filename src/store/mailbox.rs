@@ -131,8 +131,9 @@ pub struct Mailbox {
     keywords: Vec<String>,
     messages: Vec<Message>,
     pseudo: Option<Pseudo>,
-    /// The base on disk differs from ours (or is missing).
-    base_dirty: bool,
+    /// The base as the file has it; differs from [`Mailbox::base`] when
+    /// UIDNEXT or the keyword list moved on in memory.
+    disk_base: Option<Base>,
     /// fcntl read locks are per open file: one per mailbox, counted.
     readers: Mutex<Option<(u32, MboxLock)>>,
 }
@@ -175,7 +176,7 @@ impl Mailbox {
             keywords: Vec::new(),
             messages: Vec::new(),
             pseudo: None,
-            base_dirty: false,
+            disk_base: None,
             readers: Mutex::new(None),
         };
         if journal::journal_path(path).exists() {
@@ -341,7 +342,10 @@ impl Mailbox {
             if base.is_none() {
                 base = raws.peek().and_then(|r| r.base.clone());
             }
-            self.base_dirty = base.is_none();
+            self.disk_base = base.clone().map(|mut b| {
+                b.keywords.truncate(MAX_KEYWORDS);
+                b
+            });
             match base {
                 Some(b) => {
                     self.uidvalidity = b.uidvalidity;
@@ -361,7 +365,7 @@ impl Mailbox {
         } else {
             self.messages.truncate(from);
         }
-        let has_base_limit = !self.base_dirty;
+        let has_base_limit = self.disk_base.is_some();
         let base_uidnext = self.uidnext;
         let mut last = self.messages.last().map_or(0, |m| m.uid);
         let mut pending = Vec::new();
@@ -434,7 +438,6 @@ impl Mailbox {
             return None;
         }
         self.keywords.push(name.to_string());
-        self.base_dirty = true;
         Some(self.keywords.len() - 1)
     }
 
@@ -442,7 +445,7 @@ impl Mailbox {
     pub fn needs_sync(&self) -> bool {
         // An empty file gets no pseudo-message just to keep its UIDVALIDITY:
         // mail tools would show it. The first message carries the base.
-        (self.base_dirty && (!self.messages.is_empty() || self.pseudo.is_some()))
+        (self.base_dirty() && (!self.messages.is_empty() || self.pseudo.is_some()))
             || self.messages.iter().any(|m| m.dirty || !m.persisted)
     }
 
@@ -507,7 +510,7 @@ impl Mailbox {
     }
 
     fn sync_after_refresh(&mut self) -> Result<Vec<Event>, StoreError> {
-        if self.messages.iter().any(|m| !m.persisted) || self.base_dirty {
+        if self.messages.iter().any(|m| !m.persisted) || self.base_dirty() {
             match self.try_flush() {
                 Ok(ev) => return Ok(ev),
                 Err(StoreError::LockTimeout(_)) => {}
@@ -517,14 +520,18 @@ impl Mailbox {
         Ok(Vec::new())
     }
 
-    /// Checks that our last message still starts where we think it does.
+    /// Checks that our first and last messages still start where we think
+    /// they do: an append leaves them in place, a rewrite moves them.
     fn tail_intact(&self) -> Result<bool, StoreError> {
-        let Some(m) = self.messages.last() else { return Ok(true) };
-        let mut b = [0u8; 5];
-        match self.file.read_exact_at(&mut b, m.from_off) {
-            Ok(()) => Ok(&b == b"From "),
-            Err(_) => Ok(false),
+        for m in [self.messages.first(), self.messages.last()].into_iter().flatten() {
+            let mut b = [0u8; 6];
+            let (off, want): (u64, &[u8]) =
+                if m.from_off == 0 { (0, &b"From "[..]) } else { (m.from_off - 1, &b"\nFrom "[..]) };
+            if self.file.read_exact_at(&mut b[..want.len()], off).is_err() || &b[..want.len()] != want {
+                return Ok(false);
+            }
         }
+        Ok(true)
     }
 
     /// Sets the flags and keywords of message `i` in memory. Returns true
@@ -597,6 +604,13 @@ impl Mailbox {
         Base { uidvalidity: self.uidvalidity, uidnext: self.uidnext, keywords: self.keywords.clone() }
     }
 
+    /// UIDNEXT or the keyword list changed since the base was written.
+    fn base_dirty(&self) -> bool {
+        self.disk_base.as_ref().is_none_or(|d| {
+            d.uidvalidity != self.uidvalidity || d.uidnext != self.uidnext || d.keywords != self.keywords
+        })
+    }
+
     fn keyword_names(&self, bits: u64) -> Vec<&str> {
         (0..self.keywords.len()).filter(|i| bits & (1 << i) != 0).map(|i| self.keywords[i].as_str()).collect()
     }
@@ -611,6 +625,7 @@ impl Mailbox {
             return Err(StoreError::Changed(self.path.clone()));
         }
         let base = self.base();
+        let base_dirty = self.base_dirty();
         let sync = self.opts.fsync;
         // 1. Where must the rewrite start?
         let first_kept = self.messages.iter().position(|m| !expunge.contains(&m.uid));
@@ -619,7 +634,7 @@ impl Mailbox {
         let mut base_done = self.pseudo.is_none() && first_kept.is_none() && self.messages.is_empty();
         // The base lives in the pseudo-message if there is one.
         if let Some(p) = &self.pseudo {
-            if self.base_dirty {
+            if self.base_dirty() {
                 match p.state.and_then(|(off, len)| {
                     self.fit_existing(off, len, Some(&base), true, 0, Flags::empty(), &[]).map(|b| (off, b))
                 }) {
@@ -638,7 +653,7 @@ impl Mailbox {
                 break;
             }
             let carries_base = self.pseudo.is_none() && Some(i) == first_kept;
-            let must = m.dirty || (carries_base && self.base_dirty);
+            let must = m.dirty || (carries_base && base_dirty);
             if !must {
                 continue;
             }
@@ -677,7 +692,9 @@ impl Mailbox {
         for m in &mut self.messages {
             m.dirty = false;
         }
-        self.base_dirty = false;
+        if !self.messages.is_empty() || self.pseudo.is_some() {
+            self.disk_base = Some(self.base());
+        }
         let meta = self.file.metadata().map_err(io_err(&self.path, "stat"))?;
         self.id = FileId::of(&meta);
         Ok(events)
@@ -784,7 +801,7 @@ impl Mailbox {
     fn rewrite_from(&mut self, s: usize, expunge: &HashSet<u32>) -> Result<Vec<Event>, StoreError> {
         let base = self.base();
         let old_len = self.file.metadata().map_err(io_err(&self.path, "stat"))?.len();
-        let rewrite_pseudo = s == 0 && self.pseudo.is_some() && self.base_dirty && {
+        let rewrite_pseudo = s == 0 && self.pseudo.is_some() && self.base_dirty() && {
             let p = self.pseudo.as_ref().expect("checked");
             p.state
                 .and_then(|(off, len)| self.fit_existing(off, len, Some(&base), true, 0, Flags::empty(), &[]))
@@ -953,8 +970,8 @@ with the data reset to initial values.\n\n",
         let data = self.framed(&block, content, sender, date)?;
         journal::append(&self.file, &self.path, &data, self.opts.fsync).map_err(io_err(&self.path, "append"))?;
         self.uidnext = uid.saturating_add(1);
-        if !carries_base {
-            self.base_dirty = true;
+        if carries_base {
+            self.disk_base = Some(self.base());
         }
         // Index the new message from the file, then write the new UIDNEXT
         // into the base (in place as a rule).
@@ -980,7 +997,7 @@ with the data reset to initial values.\n\n",
             persisted: true,
         });
         self.id = FileId::of(&meta);
-        if self.base_dirty {
+        if self.base_dirty() {
             events.extend(self.write_back(&HashSet::new())?);
         }
         events.push(Event::Appended(vec![uid]));

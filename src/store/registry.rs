@@ -108,11 +108,11 @@ impl Registry {
     /// this process has it open; otherwise the open one, refreshed.
     pub fn open(&self, path: &Path, opts: &Options, create: bool) -> Result<Arc<Shared>, StoreError> {
         // One entry per file, however the path was spelled.
-        let key = match std::fs::canonicalize(path) {
-            Ok(p) => p,
-            Err(_) if create => path.to_path_buf(),
-            Err(_) => return Err(StoreError::NoSuchMailbox(path.display().to_string())),
-        };
+        if create && !path.exists() {
+            // Created here so that the key below is the canonical one.
+            drop(Mailbox::open(path, opts, true)?);
+        }
+        let key = std::fs::canonicalize(path).map_err(|_| StoreError::NoSuchMailbox(path.display().to_string()))?;
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(shared) = map.get(&key).and_then(Weak::upgrade) {
             drop(map);
