@@ -96,3 +96,32 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    /// A scan split across threads finds exactly what one pass finds.
+    #[test]
+    fn split_scan_equals_one_pass(msgs in proptest::collection::vec(message(), 1..30), threads in 2u64..5, cl_at in any::<u8>()) {
+        let mut data = Vec::new();
+        for (i, m) in msgs.iter().enumerate() {
+            data.extend_from_slice(b"From a Thu Nov 26 16:01:55 2026\n");
+            let stored = postroom::store::transform::stored(m, MboxFormat::Mboxrd);
+            if i == cl_at as usize % msgs.len() {
+                // A Dovecot-style message whose Content-Length covers an
+                // unquoted From line: a cut inside it must not split it.
+                let body = b"x\nFrom b Thu Nov 26 16:01:55 2026\ny\n";
+                data.extend_from_slice(format!("Content-Length: {}\n\n", body.len()).as_bytes());
+                data.extend_from_slice(body);
+            } else {
+                data.extend_from_slice(&stored);
+            }
+            data.push(b'\n');
+        }
+        let mut f = tempfile::tempfile().unwrap();
+        f.write_all(&data).unwrap();
+        let one = scan::scan_sequential(&f, 0, data.len() as u64, MboxFormat::Mboxrd).unwrap();
+        let split = scan::scan_with(&f, 0, data.len() as u64, MboxFormat::Mboxrd, threads, 1).unwrap();
+        prop_assert_eq!(one.messages, split.messages);
+    }
+}

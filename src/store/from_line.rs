@@ -21,62 +21,106 @@ pub struct FromLine {
 /// Parses one `From_` line (without its newline). `None` unless it starts
 /// with `From ` and carries a recognisable date.
 pub fn parse(line: &[u8]) -> Option<FromLine> {
+    let (date, sender_end) = parse_date_at(line)?;
+    let sender = std::str::from_utf8(&line[5..sender_end]).ok().map(str::trim).unwrap_or("");
+    let sender = if sender.is_empty() { "MAILER-DAEMON".to_string() } else { sender.to_string() };
+    Some(FromLine { sender, date })
+}
+
+/// The date of a `From_` line, without allocating: what the indexer calls
+/// for every separator.
+pub fn parse_date(line: &[u8]) -> Option<i64> {
+    parse_date_at(line).map(|(d, _)| d)
+}
+
+/// The date, and where the sender ends.
+fn parse_date_at(line: &[u8]) -> Option<(i64, usize)> {
     let rest = line.strip_prefix(b"From ")?;
     if rest.len() > 1000 {
         return None;
     }
-    let text = std::str::from_utf8(rest).ok()?;
-    let words: Vec<&str> = text.split_ascii_whitespace().collect();
-    // Find "Www Mmm" searching from the right: the sender may contain spaces.
-    let mut i = words.len().checked_sub(4)?;
+    // The last few words carry the date; keep their positions only.
+    const KEEP: usize = 10;
+    let mut words = [(0usize, 0usize); KEEP];
+    let mut n = 0usize;
+    let mut i = 0;
+    while i < rest.len() {
+        while i < rest.len() && rest[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        let s = i;
+        while i < rest.len() && !rest[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        if i > s {
+            words[n % KEEP] = (s, i);
+            n += 1;
+        }
+    }
+    let kept = n.min(KEEP);
+    let word = |k: usize| -> &[u8] {
+        // k-th of the kept words, oldest first.
+        let (s, e) = words[(n - kept + k) % KEEP];
+        &rest[s..e]
+    };
+    // Find "Www Mmm" from the right: the sender may contain spaces.
+    let mut w = kept.checked_sub(4)?;
     loop {
-        if let (Some(_), Some(_)) = (weekday(words[i]), month(words.get(i + 1)?)) {
+        if weekday(word(w)).is_some() && month(word(w + 1)).is_some() {
             break;
         }
-        if i == 0 {
+        if w == 0 {
             return None;
         }
-        i -= 1;
+        w -= 1;
     }
-    let mon = month(words[i + 1])?;
-    let day: u32 = words.get(i + 2)?.parse().ok()?;
-    let (h, m, s) = parse_time(words.get(i + 3)?)?;
+    let mon = month(word(w + 1))?;
+    let day = digits(word(w + 2))?;
+    let (h, m, sec) = parse_time(word(w + 3))?;
     let mut year: Option<i64> = None;
     let mut zone: i64 = 0;
-    for w in words.iter().skip(i + 4).take(2) {
-        if let Some(z) = parse_zone(w) {
+    for k in (w + 4)..(w + 6).min(kept) {
+        let t = word(k);
+        if let Some(z) = parse_zone(t) {
             zone = z;
-        } else if w.len() == 4 && w.bytes().all(|b| b.is_ascii_digit()) {
-            year = w.parse().ok();
-        } else if w.len() == 2 && w.bytes().all(|b| b.is_ascii_digit()) {
+        } else if t.len() == 4 {
+            year = digits(t).map(i64::from);
+        } else if t.len() == 2 {
             // Two-digit years appear in very old files.
-            year = w.parse::<i64>().ok().map(|y| if y < 70 { 2000 + y } else { 1900 + y });
+            year = digits(t).map(|y| if y < 70 { 2000 + y as i64 } else { 1900 + y as i64 });
         }
     }
     let year = year?;
-    if !(1..=31).contains(&day) || h > 23 || m > 59 || s > 60 {
+    if !(1..=31).contains(&day) || h > 23 || m > 59 || sec > 60 {
         return None;
     }
     let days = days_from_civil(year, mon + 1, day);
-    let date = days * 86400 + (h * 3600 + m * 60 + s) as i64 - zone;
-    let sender = if i == 0 { "MAILER-DAEMON".to_string() } else { words[..i].join(" ") };
-    Some(FromLine { sender, date })
+    let date = days * 86400 + (h * 3600 + m * 60 + sec) as i64 - zone;
+    let sender_end = if n - kept + w == 0 { 5 } else { 5 + words[(n - kept + w) % KEEP].0 };
+    Some((date, sender_end))
 }
 
-fn weekday(w: &str) -> Option<usize> {
-    WEEKDAYS.iter().position(|d| d.eq_ignore_ascii_case(w))
+fn digits(w: &[u8]) -> Option<u32> {
+    if w.is_empty() || w.len() > 9 || !w.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(w.iter().fold(0u32, |a, &b| a * 10 + (b - b'0') as u32))
 }
 
-fn month(w: &str) -> Option<u32> {
-    MONTHS.iter().position(|d| d.eq_ignore_ascii_case(w)).map(|m| m as u32)
+fn weekday(w: &[u8]) -> Option<usize> {
+    WEEKDAYS.iter().position(|d| d.as_bytes().eq_ignore_ascii_case(w))
 }
 
-fn parse_time(w: &str) -> Option<(u32, u32, u32)> {
-    let mut it = w.split(':');
-    let h = it.next()?.parse().ok()?;
-    let m = it.next()?.parse().ok()?;
+fn month(w: &[u8]) -> Option<u32> {
+    MONTHS.iter().position(|d| d.as_bytes().eq_ignore_ascii_case(w)).map(|m| m as u32)
+}
+
+fn parse_time(w: &[u8]) -> Option<(u32, u32, u32)> {
+    let mut it = w.split(|&b| b == b':');
+    let h = digits(it.next()?)?;
+    let m = digits(it.next()?)?;
     let s = match it.next() {
-        Some(s) => s.parse().ok()?,
+        Some(s) => digits(s)?,
         None => 0,
     };
     if it.next().is_some() {
@@ -86,12 +130,11 @@ fn parse_time(w: &str) -> Option<(u32, u32, u32)> {
 }
 
 /// `+hhmm` / `-hhmm` to seconds east of UTC.
-fn parse_zone(w: &str) -> Option<i64> {
-    let b = w.as_bytes();
-    if b.len() != 5 || !(b[0] == b'+' || b[0] == b'-') || !b[1..].iter().all(u8::is_ascii_digit) {
+fn parse_zone(b: &[u8]) -> Option<i64> {
+    if b.len() != 5 || !(b[0] == b'+' || b[0] == b'-') {
         return None;
     }
-    let n: i64 = w[1..].parse().ok()?;
+    let n = digits(&b[1..])? as i64;
     let secs = (n / 100) * 3600 + (n % 100) * 60;
     Some(if b[0] == b'-' { -secs } else { secs })
 }

@@ -17,7 +17,7 @@
 //! `RwLock`); this module takes the cross-process locks (dotlock and fcntl
 //! for writes, fcntl read locks for reads) for each operation.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
@@ -134,6 +134,12 @@ pub struct Mailbox {
     /// The base as the file has it; differs from [`Mailbox::base`] when
     /// UIDNEXT or the keyword list moved on in memory.
     disk_base: Option<Base>,
+    /// UIDs whose flags changed in memory only: write-back visits these,
+    /// not all messages (a mailbox may hold 100,000).
+    dirty_uids: BTreeSet<u32>,
+    /// Messages from this index on have no UID in the file yet (new mail
+    /// is always a tail).
+    first_unpersisted: Option<usize>,
     /// fcntl read locks are per open file: one per mailbox, counted.
     readers: Mutex<Option<(u32, MboxLock)>>,
 }
@@ -177,6 +183,8 @@ impl Mailbox {
             messages: Vec::new(),
             pseudo: None,
             disk_base: None,
+            dirty_uids: BTreeSet::new(),
+            first_unpersisted: None,
             readers: Mutex::new(None),
         };
         if journal::journal_path(path).exists() {
@@ -295,6 +303,7 @@ impl Mailbox {
                             n.flags = o.flags;
                             n.keywords = o.keywords;
                             n.dirty = true;
+                            self.dirty_uids.insert(n.uid);
                         } else if (n.flags, n.keywords) != (o.flags, o.keywords) {
                             flags.push(n.uid);
                         }
@@ -414,8 +423,9 @@ impl Mailbox {
         }
         // UIDs must ascend; a message given a fresh UID above breaks that if
         // valid ones follow it. Renumber from the first break.
-        let mut prev = 0;
-        for i in 0..self.messages.len() {
+        let check_from = from.saturating_sub(1);
+        let mut prev = if check_from == 0 { 0 } else { self.messages[check_from - 1].uid };
+        for i in check_from..self.messages.len() {
             if self.messages[i].uid <= prev {
                 for m in &mut self.messages[i..] {
                     m.uid = self.uidnext;
@@ -425,6 +435,17 @@ impl Mailbox {
                 break;
             }
             prev = self.messages[i].uid;
+        }
+        if from == 0 {
+            self.dirty_uids.clear();
+            self.first_unpersisted = None;
+        } else {
+            let keep_below = self.messages.get(from).map_or(u32::MAX, |m| m.uid);
+            self.dirty_uids.retain(|&u| u < keep_below);
+            self.first_unpersisted = self.first_unpersisted.filter(|&i| i < from);
+        }
+        if self.first_unpersisted.is_none() {
+            self.first_unpersisted = (from..self.messages.len()).find(|&i| !self.messages[i].persisted);
         }
     }
 
@@ -446,7 +467,8 @@ impl Mailbox {
         // An empty file gets no pseudo-message just to keep its UIDVALIDITY:
         // mail tools would show it. The first message carries the base.
         (self.base_dirty() && (!self.messages.is_empty() || self.pseudo.is_some()))
-            || self.messages.iter().any(|m| m.dirty || !m.persisted)
+            || !self.dirty_uids.is_empty()
+            || self.first_unpersisted.is_some()
     }
 
     /// Notices outside changes: an append parses only the new tail; any
@@ -490,6 +512,7 @@ impl Mailbox {
                             m.flags = flags;
                             m.keywords = kw;
                             m.dirty = true;
+                            self.dirty_uids.insert(uid);
                         }
                         m.persisted = m.persisted && persisted;
                     }
@@ -510,7 +533,7 @@ impl Mailbox {
     }
 
     fn sync_after_refresh(&mut self) -> Result<Vec<Event>, StoreError> {
-        if self.messages.iter().any(|m| !m.persisted) || self.base_dirty() {
+        if self.first_unpersisted.is_some() || self.base_dirty() {
             match self.try_flush() {
                 Ok(ev) => return Ok(ev),
                 Err(StoreError::LockTimeout(_)) => {}
@@ -544,6 +567,8 @@ impl Mailbox {
         m.flags = flags;
         m.keywords = keywords;
         m.dirty = true;
+        let uid = m.uid;
+        self.dirty_uids.insert(uid);
         true
     }
 
@@ -627,14 +652,15 @@ impl Mailbox {
         let base = self.base();
         let base_dirty = self.base_dirty();
         let sync = self.opts.fsync;
-        // 1. Where must the rewrite start?
-        let first_kept = self.messages.iter().position(|m| !expunge.contains(&m.uid));
+        // 1. Where must the rewrite start? Only the messages named by the
+        // dirty set, the expunge set, the unwritten tail and the carrier of
+        // the base are looked at.
+        let first_kept = (0..self.messages.len()).find(|&i| !expunge.contains(&self.messages[i].uid));
         let mut start: Option<usize> = None;
         let mut in_place: Vec<(u64, Vec<u8>)> = Vec::new();
-        let mut base_done = self.pseudo.is_none() && first_kept.is_none() && self.messages.is_empty();
         // The base lives in the pseudo-message if there is one.
         if let Some(p) = &self.pseudo {
-            if self.base_dirty() {
+            if base_dirty {
                 match p.state.and_then(|(off, len)| {
                     self.fit_existing(off, len, Some(&base), true, 0, Flags::empty(), &[]).map(|b| (off, b))
                 }) {
@@ -642,21 +668,26 @@ impl Mailbox {
                     None => start = Some(0),
                 }
             }
-            base_done = true;
         }
-        for (i, m) in self.messages.iter().enumerate() {
+        let min = |a: Option<usize>, b: Option<usize>| match (a, b) {
+            (Some(x), Some(y)) => Some(x.min(y)),
+            (x, None) => x,
+            (None, y) => y,
+        };
+        start = min(start, expunge.iter().filter_map(|&u| self.position(u)).min());
+        start = min(start, self.first_unpersisted);
+        let mut cands: Vec<usize> = self.dirty_uids.iter().filter_map(|&u| self.position(u)).collect();
+        if self.pseudo.is_none() && base_dirty {
+            cands.extend(first_kept);
+        }
+        cands.sort_unstable();
+        cands.dedup();
+        for i in cands {
             if start.is_some_and(|s| s <= i) {
                 break;
             }
-            if expunge.contains(&m.uid) || !m.persisted {
-                start = Some(i);
-                break;
-            }
+            let m = &self.messages[i];
             let carries_base = self.pseudo.is_none() && Some(i) == first_kept;
-            let must = m.dirty || (carries_base && base_dirty);
-            if !must {
-                continue;
-            }
             let kws = self.keyword_names(m.keywords);
             let b = if carries_base { Some(&base) } else { None };
             match m
@@ -669,11 +700,7 @@ impl Mailbox {
                     break;
                 }
             }
-            if carries_base {
-                base_done = true;
-            }
         }
-        let _ = base_done;
         // 2. In-place writes: each the same length as what it replaces, line
         // by line, so a torn write never moves a line break.
         for (off, bytes) in &in_place {
@@ -689,9 +716,12 @@ impl Mailbox {
         } else if !in_place.is_empty() && sync {
             self.file.sync_data().map_err(io_err(&self.path, "fsync"))?;
         }
-        for m in &mut self.messages {
-            m.dirty = false;
+        for uid in std::mem::take(&mut self.dirty_uids) {
+            if let Some(i) = self.position(uid) {
+                self.messages[i].dirty = false;
+            }
         }
+        self.first_unpersisted = None;
         if !self.messages.is_empty() || self.pseudo.is_some() {
             self.disk_base = Some(self.base());
         }

@@ -44,7 +44,6 @@ pub struct RawMessage {
     pub body_size: u64,
     /// INTERNALDATE from the `From_` line; `None` if it had no date.
     pub date: Option<i64>,
-    pub sender: String,
     /// 0 when the message has no X-UID (new from the MTA).
     pub uid: u32,
     pub flags: Flags,
@@ -59,6 +58,9 @@ pub struct RawMessage {
     pub pseudo: bool,
     /// The body is delimited by a verified Content-Length and is not unquoted.
     pub raw_body: bool,
+    /// A Content-Length pointed past the end of the scanned region, so it
+    /// could not be checked (only matters when a scan was split).
+    pub crosses_limit: bool,
 }
 
 impl RawMessage {
@@ -166,11 +168,103 @@ pub struct Scan {
     pub end: u64,
 }
 
+/// Below this, a region is scanned by one thread.
+pub const PARALLEL_MIN: u64 = 64 << 20;
+
 /// Scans `file` from `from` (the start of a `From_` line, or 0) to `limit`.
+/// Large regions are split at message boundaries and scanned on all cores.
 pub fn scan(file: &File, from: u64, limit: u64, format: MboxFormat) -> io::Result<Scan> {
-    let mut buf = Buf::new(file, from, limit);
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8) as u64;
+    scan_with(file, from, limit, format, threads, PARALLEL_MIN)
+}
+
+/// [`scan`] with the number of threads and the size from which to split
+/// chosen by the caller (tests split small files to prove the stitching).
+pub fn scan_with(
+    file: &File,
+    from: u64,
+    limit: u64,
+    format: MboxFormat,
+    threads: u64,
+    parallel_min: u64,
+) -> io::Result<Scan> {
+    let len = limit.saturating_sub(from);
+    if threads < 2 || len < parallel_min.max(2) {
+        return scan_sequential(file, from, limit, format);
+    }
+    // Cut points: the first message separator after each equal share.
+    let mut cuts = vec![from];
+    for k in 1..threads {
+        if let Some(c) = find_separator(file, from + len * k / threads, limit)? {
+            if c > *cuts.last().unwrap_or(&from) {
+                cuts.push(c);
+            }
+        }
+    }
+    cuts.push(limit);
+    if cuts.len() < 3 {
+        return scan_sequential(file, from, limit, format);
+    }
+    let parts: Vec<io::Result<Scan>> = std::thread::scope(|sc| {
+        let handles: Vec<_> = cuts
+            .windows(2)
+            .map(|w| {
+                let (a, b) = (w[0], w[1]);
+                sc.spawn(move || scan_sequential(file, a, b, format))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(io::Error::other("scan thread panicked")))).collect()
+    });
     let mut out = Scan { messages: Vec::new(), end: limit };
-    let sep = memmem::Finder::new(b"\nFrom ");
+    for (k, part) in parts.into_iter().enumerate() {
+        let part = part?;
+        if k + 1 < cuts.len() - 1 {
+            // A Content-Length body may run past the cut, where a
+            // single pass would not have seen a separator: rescan from
+            // that message on, in one piece.
+            if part.messages.last().is_some_and(|m| m.crosses_limit) {
+                let restart = part.messages.last().map_or(cuts[k], |m| m.from_off);
+                out.messages.extend(part.messages.into_iter().filter(|m| m.from_off < restart));
+                let rest = scan_sequential(file, restart, limit, format)?;
+                out.messages.extend(rest.messages);
+                return Ok(out);
+            }
+        }
+        out.messages.extend(part.messages);
+    }
+    Ok(out)
+}
+
+/// The offset of the first `From_` line (with a date) after `at`.
+fn find_separator(file: &File, at: u64, limit: u64) -> io::Result<Option<u64>> {
+    let finder = memmem::Finder::new(b"\nFrom ");
+    let mut buf = vec![0u8; 1 << 20];
+    let mut off = at;
+    while off < limit {
+        let n = ((limit - off) as usize).min(buf.len());
+        file.read_exact_at(&mut buf[..n], off)?;
+        let w = &buf[..n];
+        for i in finder.find_iter(w) {
+            let rest = &w[i + 1..];
+            let Some(e) = memchr::memchr(b'\n', rest) else { break };
+            if from_line::parse_date(trim_nl(&rest[..e])).is_some() {
+                return Ok(Some(off + i as u64 + 1));
+            }
+        }
+        if n < 1000 {
+            break;
+        }
+        // Overlap so a line cut at the chunk's end is seen whole next time.
+        off += (n - 1000) as u64;
+    }
+    Ok(None)
+}
+
+/// Scans `[from, limit)` in this thread.
+pub fn scan_sequential(file: &File, from: u64, limit: u64, format: MboxFormat) -> io::Result<Scan> {
+    let mut buf = Buf::new(file, from, limit);
+    let mut out =
+        Scan { messages: Vec::with_capacity((limit.saturating_sub(from) / 8192) as usize + 4), end: limit };
     let from_word = memmem::Finder::new(b"From ");
     buf.fill()?;
     if buf.avail().is_empty() {
@@ -185,7 +279,7 @@ pub fn scan(file: &File, from: u64, limit: u64, format: MboxFormat) -> io::Resul
         }
     }
     while buf.pos() < buf.limit {
-        let msg = scan_message(&mut buf, format, &sep, &from_word, out.messages.is_empty() && from == 0)?;
+        let msg = scan_message(&mut buf, format, &from_word, out.messages.is_empty() && from == 0)?;
         out.messages.push(msg);
     }
     out.end = buf.limit;
@@ -197,13 +291,12 @@ pub fn scan(file: &File, from: u64, limit: u64, format: MboxFormat) -> io::Resul
 fn scan_message(
     buf: &mut Buf<'_>,
     format: MboxFormat,
-    sep: &memmem::Finder<'_>,
     from_word: &memmem::Finder<'_>,
     first: bool,
 ) -> io::Result<RawMessage> {
     let from_off = buf.pos();
     let (n, _) = buf.line(MAX_HEADER_LINE)?;
-    let fl = from_line::parse(trim_nl(&buf.avail()[..n]));
+    let date = from_line::parse_date(trim_nl(&buf.avail()[..n]));
     buf.consume(n);
     let hdr_off = buf.pos();
     let mut m = RawMessage {
@@ -213,8 +306,7 @@ fn scan_message(
         end: hdr_off,
         hdr_size: 0,
         body_size: 0,
-        date: fl.as_ref().map(|f| f.date),
-        sender: fl.map(|f| f.sender).unwrap_or_else(|| "MAILER-DAEMON".into()),
+        date,
         uid: 0,
         flags: Flags::RECENT,
         keywords: Vec::new(),
@@ -223,6 +315,7 @@ fn scan_message(
         base: None,
         pseudo: false,
         raw_body: false,
+        crosses_limit: false,
     };
     let rd = format == MboxFormat::Mboxrd;
     // Size contribution of the last header line's newline, in case it turns
@@ -257,7 +350,7 @@ fn scan_message(
         let (n, has_nl) = buf.line(MAX_HEADER_LINE)?;
         let line = &buf.avail()[..n];
         let at = buf.pos();
-        if line.starts_with(b"From ") && from_line::parse(trim_nl(line)).is_some() {
+        if line.starts_with(b"From ") && from_line::parse_date(trim_nl(line)).is_some() {
             // The previous newline was the separator.
             m.end = if at > hdr_off { at - 1 } else { at };
             m.hdr_size -= last_nl_size;
@@ -316,6 +409,7 @@ fn scan_message(
     let mut forced_end = None;
     if let Some(cl) = content_length {
         let target = m.body_off.saturating_add(cl);
+        m.crosses_limit = target > buf.limit;
         if target <= buf.limit && content_length_lands(buf, target)? {
             forced_end = Some(target);
             m.raw_body = true;
@@ -332,8 +426,10 @@ fn scan_message(
     let mut crlf = 0u64;
     let mut quoted = 0u64;
     let unquote = rd && !m.raw_body;
+    let mut quoted_here;
     loop {
-        if buf.avail().len() < buf.data.len() / 2 && !buf.at_eof() {
+        quoted_here = 0;
+        if buf.avail().len() < buf.data.len() / 16 && !buf.at_eof() {
             buf.fill()?;
         }
         let pos = buf.pos();
@@ -364,7 +460,7 @@ fn scan_message(
         }
         if forced_end.is_none() && at_line_start && buf.avail().starts_with(b"From ") {
             let (n, _) = buf.line(MAX_HEADER_LINE)?;
-            if from_line::parse(trim_nl(&buf.avail()[..n])).is_some() {
+            if from_line::parse_date(trim_nl(&buf.avail()[..n])).is_some() {
                 if pos > body_off {
                     // The newline before this line is the separator.
                     m.end = pos - 1;
@@ -393,13 +489,33 @@ fn scan_message(
                     Some(i) => &avail[..i + 1],
                     None => avail,
                 };
+                // One search finds both separators ("\nFrom " with a date)
+                // and mboxrd-quoted lines (">From " after a newline).
                 let mut hit = None;
-                for i in sep.find_iter(w) {
-                    let rest = &w[i + 1..];
-                    let e = memchr::memchr(b'\n', rest).unwrap_or(rest.len());
-                    if from_line::parse(trim_nl(&rest[..e])).is_some() {
-                        hit = Some(i);
-                        break;
+                quoted_here = 0;
+                for h in from_word.find_iter(w) {
+                    if h == 0 {
+                        continue; // the line start was checked above
+                    }
+                    match w[h - 1] {
+                        b'\n' => {
+                            let rest = &w[h..];
+                            let e = memchr::memchr(b'\n', rest).unwrap_or(rest.len());
+                            if from_line::parse_date(trim_nl(&rest[..e])).is_some() {
+                                hit = Some(h - 1);
+                                break;
+                            }
+                        }
+                        b'>' if unquote => {
+                            let mut j = h - 1;
+                            while j > 0 && w[j - 1] == b'>' {
+                                j -= 1;
+                            }
+                            if if j == 0 { at_line_start } else { w[j - 1] == b'\n' } {
+                                quoted_here += 1;
+                            }
+                        }
+                        _ => {}
                     }
                 }
                 match hit {
@@ -418,17 +534,7 @@ fn scan_message(
                 }
             }
         }
-        if unquote {
-            for h in from_word.find_iter(window) {
-                let mut j = h;
-                while j > 0 && window[j - 1] == b'>' {
-                    j -= 1;
-                }
-                if j < h && (if j == 0 { at_line_start } else { window[j - 1] == b'\n' }) {
-                    quoted += 1;
-                }
-            }
-        }
+        quoted += quoted_here;
         match wlen {
             0 => {}
             1 => last_two = [last_two[1], window[0]],
