@@ -1082,15 +1082,12 @@ with the data reset to initial values.\n\n",
     pub fn write_message(&self, i: usize, out: &mut dyn Write) -> Result<u64, StoreError> {
         let m = &self.messages[i];
         self.with_read(|file| {
+            // Header and body in one stream: the transform notices the
+            // blank line between them.
             let unquote = self.opts.format == MboxFormat::Mboxrd && !m.raw_body;
-            let h = {
-                let mut s = Served::new(&mut *out, unquote, true);
-                stream(file, m.hdr_off, m.body_off, &mut s, &self.path)?;
-                s.finish().map_err(io_err(&self.path, "write"))?
-            };
-            let mut s = Served::new(&mut *out, unquote, false);
-            stream(file, m.body_off, m.end, &mut s, &self.path)?;
-            Ok(h + s.finish().map_err(io_err(&self.path, "write"))?)
+            let mut s = Served::new(&mut *out, unquote, true);
+            stream(file, m.hdr_off, m.end, &mut s, &self.path)?;
+            s.finish().map_err(io_err(&self.path, "write"))
         })
     }
 

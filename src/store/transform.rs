@@ -71,17 +71,32 @@ pub struct Served<'w, W: Write + ?Sized> {
     at_line_start: bool,
     prev_cr: bool,
     written: u64,
+    /// Output gathered here and handed on in large pieces, so the writer
+    /// below (a socket buffer, byte-stuffing) sees few calls.
+    obuf: Vec<u8>,
 }
+
+/// Output is handed on when this much has gathered.
+const OUT_CHUNK: usize = 32 * 1024;
 
 impl<'w, W: Write + ?Sized> Served<'w, W> {
     /// `in_header`: the bytes start at the first header line.
     pub fn new(out: &'w mut W, unquote: bool, in_header: bool) -> Self {
-        Served { out, unquote, in_header, carry: Vec::new(), at_line_start: true, prev_cr: false, written: 0 }
+        Served {
+            out,
+            unquote,
+            in_header,
+            carry: Vec::new(),
+            at_line_start: true,
+            prev_cr: false,
+            written: 0,
+            obuf: Vec::new(),
+        }
     }
 
     /// Bytes written so far.
     pub fn written(&self) -> u64 {
-        self.written
+        self.written + self.obuf.len() as u64
     }
 
     pub fn push(&mut self, mut data: &[u8]) -> io::Result<()> {
@@ -102,24 +117,30 @@ impl<'w, W: Write + ?Sized> Served<'w, W> {
                         return Ok(());
                     }
                 }
-            } else {
-                // Mid-line or an ordinary body line: copy up to the next
-                // newline that starts a line needing attention.
-                let upto = match memchr::memchr(b'\n', data) {
-                    Some(i) => i + 1,
-                    None => data.len(),
-                };
-                let chunk = &data[..upto];
-                self.copy_crlf(chunk)?;
-                self.at_line_start = chunk.last() == Some(&b'\n');
+            } else if self.in_header {
+                // The rest of a header line cut by the previous piece.
+                let upto = memchr::memchr(b'\n', data).map_or(data.len(), |i| i + 1);
+                self.copy_crlf(&data[..upto])?;
+                self.at_line_start = data[upto - 1] == b'\n';
                 data = &data[upto..];
-                if self.at_line_start && !self.unquote && !self.in_header {
-                    // Fast path: nothing left to look at per line.
-                    self.copy_crlf(data)?;
-                    if let Some(&l) = data.last() {
-                        self.at_line_start = l == b'\n';
+            } else if !self.unquote {
+                // Body, nothing to unquote: copy everything.
+                self.copy_crlf(data)?;
+                self.at_line_start = data[data.len() - 1] == b'\n';
+                return Ok(());
+            } else {
+                // Body: copy up to the next line that starts with '>'.
+                match memchr::memmem::find(data, b"\n>") {
+                    Some(i) => {
+                        self.copy_crlf(&data[..=i])?;
+                        self.at_line_start = true;
+                        data = &data[i + 1..];
                     }
-                    return Ok(());
+                    None => {
+                        self.copy_crlf(data)?;
+                        self.at_line_start = data[data.len() - 1] == b'\n';
+                        return Ok(());
+                    }
                 }
             }
         }
@@ -144,21 +165,31 @@ impl<'w, W: Write + ?Sized> Served<'w, W> {
 
     /// Writes `data` with each LF not preceded by CR written as CRLF.
     fn copy_crlf(&mut self, data: &[u8]) -> io::Result<()> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        self.obuf.reserve(data.len() + data.len() / 32 + 8);
         let mut start = 0;
         for i in memchr::memchr_iter(b'\n', data) {
             let prev_cr = if i == 0 { self.prev_cr } else { data[i - 1] == b'\r' };
             if !prev_cr {
-                self.out.write_all(&data[start..i])?;
-                self.out.write_all(b"\r\n")?;
-                self.written += (i - start) as u64 + 2;
+                self.obuf.extend_from_slice(&data[start..i]);
+                self.obuf.extend_from_slice(b"\r\n");
                 start = i + 1;
             }
         }
-        self.out.write_all(&data[start..])?;
-        self.written += (data.len() - start) as u64;
-        if let Some(&l) = data.last() {
-            self.prev_cr = l == b'\r';
+        self.obuf.extend_from_slice(&data[start..]);
+        self.prev_cr = data[data.len() - 1] == b'\r';
+        if self.obuf.len() >= OUT_CHUNK {
+            self.hand_on()?;
         }
+        Ok(())
+    }
+
+    fn hand_on(&mut self) -> io::Result<()> {
+        self.out.write_all(&self.obuf)?;
+        self.written += self.obuf.len() as u64;
+        self.obuf.clear();
         Ok(())
     }
 
@@ -168,6 +199,7 @@ impl<'w, W: Write + ?Sized> Served<'w, W> {
             let line = std::mem::take(&mut self.carry);
             self.line(&line)?;
         }
+        self.hand_on()?;
         Ok(self.written)
     }
 }
