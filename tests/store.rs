@@ -396,3 +396,18 @@ fn uids_of_outside_mail_are_never_reused() {
     let mb = open(&p);
     assert_eq!(mb.uidnext(), 7);
 }
+
+/// Found by the mbox fuzz target: a state header whose newline is the
+/// separator at the end of the file must not be rewritten in place.
+#[test]
+fn state_line_ending_at_the_separator() {
+    let t = Tmp::new();
+    let p = t.path("box");
+    fs::write(&p, "From x Thu Nov 26 16:01:55 2026\n?\nX-UID:J\n").unwrap();
+    let mb = open(&p);
+    assert_eq!(mb.message_bytes(0).unwrap(), b"?\r\n");
+    drop(mb);
+    let mb = open(&p);
+    assert_eq!(mb.message_bytes(0).unwrap(), b"?\r\n");
+    assert_eq!(mb.messages()[0].uid, 1);
+}

@@ -619,7 +619,9 @@ fn finish_state(m: &mut RawMessage, run: Option<(u64, u64)>, broken: bool, statu
     }
     if !broken {
         if let Some((s, e)) = run {
-            if e - s <= u32::MAX as u64 {
+            // A state line whose newline turned out to be the separator is
+            // not a whole line: no in-place writes into it.
+            if e - s <= u32::MAX as u64 && e <= m.end {
                 m.state = Some((s, (e - s) as u32));
             }
         }
