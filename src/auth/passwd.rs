@@ -18,8 +18,9 @@ use std::path::{Path, PathBuf};
 #[derive(Clone, PartialEq, Eq)]
 pub struct Account {
     pub name: String,
-    /// `{SCHEME}hash`, empty for system accounts (they log in with PAM-less
-    /// passwd-file entries only).
+    /// `{SCHEME}hash` (see `auth::hash`). Empty for system accounts:
+    /// postroom reads no shadow file and has no PAM, so a system user
+    /// logs in only through a passwd-file entry.
     pub password: String,
     pub uid: Option<u32>,
     pub gid: Option<u32>,
@@ -88,12 +89,19 @@ impl PasswdFile {
         (pf, errors)
     }
 
+    /// Reads and parses the file. Bytes that are not UTF-8 (an old Latin-1
+    /// comment or GECOS field) do not make the whole file unreadable.
     pub fn load(path: &Path) -> io::Result<(PasswdFile, Vec<(usize, String)>)> {
-        Ok(PasswdFile::parse(&std::fs::read_to_string(path)?))
+        Ok(PasswdFile::parse(&String::from_utf8_lossy(&std::fs::read(path)?)))
     }
 
     pub fn get(&self, name: &str) -> Option<&Account> {
         self.accounts.get(name)
+    }
+
+    /// Every account, in no particular order.
+    pub fn accounts(&self) -> impl Iterator<Item = &Account> {
+        self.accounts.values()
     }
 
     pub fn len(&self) -> usize {

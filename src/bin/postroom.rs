@@ -18,7 +18,6 @@ const SYNOPSIS: &str = "usage: postroom deliver [-f config] [-s sender] user ...
 
 /// sysexits(3) codes.
 const EX_USAGE: i32 = 64;
-const EX_UNAVAILABLE: i32 = 69;
 const EX_CONFIG: i32 = 78;
 
 fn usage() -> ! {
@@ -83,8 +82,7 @@ fn main() {
             if !m.free.is_empty() {
                 usage();
             }
-            eprintln!("postroom: passwd is not built yet");
-            exit(EX_UNAVAILABLE)
+            exit(postroom::auth::tool::passwd(m.opt_str("S").as_deref()))
         }
         "mailbox" => {
             opts.optopt("f", "", "config file", "config");
