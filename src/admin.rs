@@ -19,7 +19,13 @@ pub fn mail_root(config: &Config, user: &str) -> Result<MailRoot, String> {
     let account = passwd::lookup(&config.passwd_file, user)
         .map_err(|e| format!("reading {}: {e}", config.passwd_file.display()))?
         .ok_or_else(|| format!("no such user: {user}"))?;
+    mail_root_for(config, &account)
+}
+
+/// The mail root of an account already looked up.
+pub fn mail_root_for(config: &Config, account: &passwd::Account) -> Result<MailRoot, String> {
     let home = account.home.as_deref();
+    let user = &account.name;
     let inbox = config.inbox.try_expand(user, home).ok_or("the inbox path needs a home directory")?;
     let dir = config.mail_dir.try_expand(user, home).ok_or("the mail-dir path needs a home directory")?;
     Ok(MailRoot::new(inbox, dir))

@@ -114,6 +114,12 @@ pub fn append(
     if let Some(dir) = path.parent() {
         if !dir.exists() {
             std::fs::create_dir_all(dir).map_err(io("create directory for"))?;
+            // Made by root: the server (`user`) must be able to lock here.
+            if unsafe { libc::geteuid() } == 0 {
+                if let Some(a) = config.user.as_deref().and_then(|u| passwd::system_account(u).ok().flatten()) {
+                    std::os::unix::fs::chown(dir, a.uid, a.gid).map_err(io("chown directory of"))?;
+                }
+            }
         }
     }
     let file = OpenOptions::new()
@@ -129,8 +135,17 @@ pub fn append(
         return Err(StoreError::NotAllowed("the inbox is not a regular file"));
     }
     if meta.len() == 0 && unsafe { libc::geteuid() } == 0 {
-        // A new spool file made by root belongs to its user, as the MTA's would.
-        if let (Some(uid), Some(gid)) = (account.uid, account.gid) {
+        // A new spool file made by root belongs to its user, as the MTA's
+        // would; a virtual user's (no uid) to the server's `user`.
+        let owner = match (account.uid, account.gid) {
+            (Some(uid), Some(gid)) => Some((uid, gid)),
+            _ => config
+                .user
+                .as_deref()
+                .and_then(|u| passwd::system_account(u).ok().flatten())
+                .and_then(|a| Some((a.uid?, a.gid?))),
+        };
+        if let Some((uid, gid)) = owner {
             std::os::unix::fs::fchown(&file, Some(uid), Some(gid)).map_err(io("chown"))?;
         }
     }

@@ -10,4 +10,8 @@ pub mod auth;
 pub mod config;
 pub mod deliver;
 pub mod limits;
+pub mod logging;
+pub mod net;
+pub mod pop3;
+pub mod server;
 pub mod store;

@@ -9,12 +9,12 @@ use std::process::exit;
 
 use getopts::Options;
 use postroom::config::{self, Config, Protocol};
+use postroom::net::{self, daemon};
 
 const SYNOPSIS: &str = "usage: postroomd [-dn] [-f config] [-i protocol]";
 
 /// sysexits(3) codes.
 const EX_USAGE: i32 = 64;
-const EX_UNAVAILABLE: i32 = 69;
 const EX_CONFIG: i32 = 78;
 
 fn usage() -> ! {
@@ -54,6 +54,11 @@ fn main() {
 
     let config = match Config::load(&path) {
         Ok(c) => c,
+        Err(errors) if inetd.is_some() && !check_only => {
+            // Standard error is the client's connection under inetd.
+            net::inetd::config_errors(&errors);
+            exit(EX_CONFIG)
+        }
         Err(errors) => {
             for e in errors {
                 eprintln!("{e}");
@@ -65,8 +70,9 @@ fn main() {
         exit(0);
     }
 
-    // The network server is a later piece of work; until it lands, say so.
-    let _ = (config, inetd, m.opt_present("d"));
-    eprintln!("postroomd: the network server is not built yet");
-    exit(EX_UNAVAILABLE)
+    let opts = daemon::Options { debug: m.opt_present("d") };
+    exit(match inetd {
+        Some(protocol) => net::inetd::run(config, protocol, &opts),
+        None => daemon::run(config, &opts),
+    })
 }

@@ -213,7 +213,10 @@ pub fn scan_with(
                 sc.spawn(move || scan_sequential(file, a, b, format))
             })
             .collect();
-        handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(io::Error::other("scan thread panicked")))).collect()
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err(io::Error::other("scan thread panicked"))))
+            .collect()
     });
     let mut out = Scan { messages: Vec::new(), end: limit };
     for (k, part) in parts.into_iter().enumerate() {
@@ -263,8 +266,7 @@ fn find_separator(file: &File, at: u64, limit: u64) -> io::Result<Option<u64>> {
 /// Scans `[from, limit)` in this thread.
 pub fn scan_sequential(file: &File, from: u64, limit: u64, format: MboxFormat) -> io::Result<Scan> {
     let mut buf = Buf::new(file, from, limit);
-    let mut out =
-        Scan { messages: Vec::with_capacity((limit.saturating_sub(from) / 8192) as usize + 4), end: limit };
+    let mut out = Scan { messages: Vec::with_capacity((limit.saturating_sub(from) / 8192) as usize + 4), end: limit };
     let from_word = memmem::Finder::new(b"From ");
     buf.fill()?;
     if buf.avail().is_empty() {

@@ -4,6 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
+pub mod server;
+
 use postroom::store::{Mailbox, Options};
 
 /// A temporary directory removed at drop.

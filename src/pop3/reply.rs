@@ -1,0 +1,111 @@
+//! POP3 errors and how they go on the wire: the one place that turns a
+//! [`Pop3Error`] into `-ERR [CODE] text` (RFC 2449 RESP-CODES, RFC 3206
+//! SYS/TEMP and SYS/PERM, RFC 3206 AUTH).
+
+use std::fmt;
+use std::io;
+
+use crate::store::StoreError;
+
+#[derive(Debug)]
+pub enum Pop3Error {
+    /// A known command with bad arguments.
+    Syntax(&'static str),
+    /// A keyword we do not know.
+    Unknown(String),
+    /// The command is not valid in this state.
+    WrongState,
+    /// No message with this number in the maildrop.
+    NoSuchMessage(u32),
+    /// The message is marked deleted.
+    Deleted(u32),
+    /// Wrong user or password (after the failure delay).
+    AuthFailed,
+    /// The client cancelled a SASL exchange with `*`.
+    AuthCancelled,
+    /// Plaintext passwords are not allowed on this connection.
+    PlaintextDisallowed,
+    /// A mechanism we do not offer.
+    UnknownMechanism,
+    /// The maildrop is locked by another POP3 session.
+    InUse,
+    /// STLS when TLS is not set up or already on.
+    NoTls(&'static str),
+    /// The message vanished (another program expunged it).
+    Vanished(u32),
+    /// Lock busy, disk full, user database unreadable: try again later.
+    Temporary(String),
+    /// The store failed in a way worth logging.
+    Store(StoreError),
+    /// The connection is gone or timed out: end the session.
+    Io(io::Error),
+}
+
+impl From<io::Error> for Pop3Error {
+    fn from(e: io::Error) -> Self {
+        Pop3Error::Io(e)
+    }
+}
+
+impl From<StoreError> for Pop3Error {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::InUse(_) => Pop3Error::InUse,
+            e if e.is_temporary() => Pop3Error::Temporary(e.to_string()),
+            e => Pop3Error::Store(e),
+        }
+    }
+}
+
+impl Pop3Error {
+    /// The `-ERR` line (without CRLF). Internal details go to the log,
+    /// not to the client.
+    pub fn wire(&self) -> String {
+        match self {
+            Pop3Error::Syntax(t) => format!("-ERR {t}"),
+            Pop3Error::Unknown(k) if k.is_empty() => "-ERR Empty command".into(),
+            Pop3Error::Unknown(k) => format!("-ERR Unknown command: {k}"),
+            Pop3Error::WrongState => "-ERR Command not valid in this state".into(),
+            Pop3Error::NoSuchMessage(n) => format!("-ERR There's no message {n}."),
+            Pop3Error::Deleted(n) => format!("-ERR Message {n} is deleted."),
+            Pop3Error::AuthFailed => "-ERR [AUTH] Authentication failed.".into(),
+            Pop3Error::AuthCancelled => "-ERR Authentication cancelled.".into(),
+            Pop3Error::PlaintextDisallowed => {
+                "-ERR [AUTH] Plaintext authentication disallowed on non-secure (SSL/TLS) connections.".into()
+            }
+            Pop3Error::UnknownMechanism => "-ERR Unsupported authentication mechanism.".into(),
+            Pop3Error::InUse => "-ERR [IN-USE] Mailbox is locked by another POP3 session.".into(),
+            Pop3Error::NoTls(t) => format!("-ERR {t}"),
+            Pop3Error::Vanished(n) => format!("-ERR [SYS/TEMP] Message {n} was removed by another client."),
+            Pop3Error::Temporary(_) => "-ERR [SYS/TEMP] Temporary failure; see server log. Try again later.".into(),
+            Pop3Error::Store(_) => "-ERR [SYS/PERM] Internal error; see server log.".into(),
+            Pop3Error::Io(_) => "-ERR Connection error".into(),
+        }
+    }
+
+    /// True for errors that end the session.
+    pub fn is_fatal(&self) -> bool {
+        matches!(self, Pop3Error::Io(_))
+    }
+}
+
+impl fmt::Display for Pop3Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Pop3Error::Temporary(t) => write!(f, "temporary failure: {t}"),
+            Pop3Error::Store(e) => write!(f, "store: {e}"),
+            Pop3Error::Io(e) => write!(f, "i/o: {e}"),
+            other => f.write_str(&other.wire()),
+        }
+    }
+}
+
+impl std::error::Error for Pop3Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Pop3Error::Store(e) => Some(e),
+            Pop3Error::Io(e) => Some(e),
+            _ => None,
+        }
+    }
+}
