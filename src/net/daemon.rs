@@ -100,13 +100,9 @@ pub fn run(config: Config, opts: &Options) -> i32 {
     if listeners.is_empty() {
         return fail(EX_CONFIG, "nothing to serve: no pop3 or pop3s listener");
     }
-    let target_user = match (&config.user, privdrop::is_root()) {
-        (Some(name), true) => match privdrop::lookup(name) {
-            Ok(u) => Some(u),
-            Err(e) => return fail(EX_CONFIG, &e),
-        },
-        (None, true) => return fail(EX_CONFIG, privdrop::REFUSE_ROOT),
-        (_, false) => None,
+    let target_user = match privdrop::target(&config) {
+        Ok(u) => u,
+        Err(e) => return fail(EX_CONFIG, &e),
     };
     // Read (or created) while still root: the key may be readable by root alone.
     let tls = match tls::load(&config, target_user.as_ref().map(|u| (u.uid, u.gid))) {

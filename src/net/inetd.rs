@@ -50,13 +50,9 @@ pub fn run(config: Config, protocol: Protocol, opts: &Options) -> i32 {
         error!("postroomd: -i {protocol}: {}", listen::not_served_reason(protocol));
         return EX_UNAVAILABLE;
     }
-    let target_user = match (&config.user, privdrop::is_root()) {
-        (Some(name), true) => match privdrop::lookup(name) {
-            Ok(u) => Some(u),
-            Err(e) => return fail(EX_CONFIG, &e),
-        },
-        (None, true) => return fail(EX_CONFIG, privdrop::REFUSE_ROOT),
-        (_, false) => None,
+    let target_user = match privdrop::target(&config) {
+        Ok(u) => u,
+        Err(e) => return fail(EX_CONFIG, &e),
     };
     let tls = match tls::load(&config, target_user.as_ref().map(|u| (u.uid, u.gid))) {
         Ok(t) => Some(t),

@@ -16,6 +16,17 @@ pub struct SystemUser {
     pub gid: u32,
 }
 
+/// Whom to become after binding: `user` from the config when started as
+/// root (refused when missing: mail is never served as root), nobody to
+/// switch to when not root.
+pub fn target(config: &crate::config::Config) -> Result<Option<SystemUser>, String> {
+    match (&config.user, is_root()) {
+        (Some(name), true) => lookup(name).map(Some),
+        (None, true) => Err(REFUSE_ROOT.to_string()),
+        (_, false) => Ok(None),
+    }
+}
+
 /// The message for a server left running as root.
 pub const REFUSE_ROOT: &str = "refusing to serve mail as root; set `user` in postroom.conf";
 
