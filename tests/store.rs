@@ -327,7 +327,7 @@ fn registry_shares_one_index_and_tells_every_subscriber() {
     use postroom::store::Registry;
     let t = Tmp::new();
     let p = t.path("box");
-    let reg = Registry::new();
+    let reg = Registry::with_warm(0);
     let a = reg.open(&p, &opts(), true).unwrap();
     let b = reg.open(&p, &opts(), false).unwrap();
     assert!(std::sync::Arc::ptr_eq(&a, &b));
@@ -410,4 +410,23 @@ fn state_line_ending_at_the_separator() {
     let mb = open(&p);
     assert_eq!(mb.message_bytes(0).unwrap(), b"?\r\n");
     assert_eq!(mb.messages()[0].uid, 1);
+}
+
+#[test]
+fn registry_keeps_recent_mailboxes_indexed() {
+    use postroom::store::Registry;
+    let t = Tmp::new();
+    let p = t.path("box");
+    let reg = Registry::new();
+    let a = reg.open(&p, &opts(), true).unwrap();
+    a.write().append(b"Subject: x\r\n\r\ny\r\n", Flags::empty(), &[], None, "x").unwrap();
+    drop(a);
+    assert_eq!(reg.open_count(), 1, "kept warm after its last user left");
+    // An outside append meanwhile is picked up when it is opened again.
+    let mut f = fs::OpenOptions::new().append(true).open(&p).unwrap();
+    f.write_all(b"From m Thu Nov 26 11:00:00 2026\nSubject: mta\n\nz\n\n").unwrap();
+    drop(f);
+    let b = reg.open(&p, &opts(), false).unwrap();
+    assert_eq!(b.read().len(), 2);
+    assert_eq!(b.read().message_bytes(1).unwrap(), b"Subject: mta\r\n\r\nz\r\n");
 }

@@ -6,7 +6,7 @@
 //! change. The registry holds mailboxes weakly: the index is dropped when
 //! the last session leaves it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
 
@@ -93,15 +93,43 @@ impl Shared {
     }
 }
 
+/// How many recently used mailboxes stay indexed after their last
+/// session left: a POP3 client polling every few minutes then costs a
+/// stat and the new tail, not a scan of the whole file.
+pub const WARM: usize = 64;
+
 /// The registry: path to shared mailbox.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Registry {
     map: Mutex<HashMap<PathBuf, Weak<Shared>>>,
+    warm: Mutex<VecDeque<Arc<Shared>>>,
+    warm_max: usize,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Registry::with_warm(WARM)
+    }
 }
 
 impl Registry {
     pub fn new() -> Registry {
         Registry::default()
+    }
+
+    /// A registry that keeps `n` recently used mailboxes indexed.
+    pub fn with_warm(n: usize) -> Registry {
+        Registry { map: Mutex::new(HashMap::new()), warm: Mutex::new(VecDeque::new()), warm_max: n }
+    }
+
+    fn keep_warm(&self, shared: &Arc<Shared>) {
+        if self.warm_max == 0 {
+            return;
+        }
+        let mut w = self.warm.lock().unwrap_or_else(|p| p.into_inner());
+        w.retain(|s| !Arc::ptr_eq(s, shared));
+        w.push_front(Arc::clone(shared));
+        w.truncate(self.warm_max);
     }
 
     /// The shared mailbox at `path`, opening and indexing it if nobody in
@@ -117,6 +145,7 @@ impl Registry {
         if let Some(shared) = map.get(&key).and_then(Weak::upgrade) {
             drop(map);
             shared.refresh()?;
+            self.keep_warm(&shared);
             return Ok(shared);
         }
         // Opening under the registry lock keeps two sessions from indexing
@@ -130,6 +159,8 @@ impl Registry {
         });
         map.retain(|_, w| w.strong_count() > 0);
         map.insert(key, Arc::downgrade(&shared));
+        drop(map);
+        self.keep_warm(&shared);
         Ok(shared)
     }
 

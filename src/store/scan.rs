@@ -88,7 +88,10 @@ struct Buf<'f> {
 
 impl<'f> Buf<'f> {
     fn new(file: &'f File, from: u64, limit: u64) -> Buf<'f> {
-        Buf { file, data: vec![0; CHUNK], off: from, start: 0, len: 0, limit }
+        // No bigger than the region: a small mailbox must not leave a
+        // megabyte in the allocator of every session thread.
+        let size = (limit.saturating_sub(from) as usize).clamp(4096, CHUNK);
+        Buf { file, data: vec![0; size], off: from, start: 0, len: 0, limit }
     }
 
     fn pos(&self) -> u64 {
