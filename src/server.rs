@@ -43,9 +43,3 @@ impl Context {
         crate::admin::store_options(&self.config())
     }
 }
-
-/// A short id for the log lines of one session: 8 hex digits, unique in
-/// this process (see [`crate::logging::session_id`]).
-pub fn session_id() -> String {
-    crate::logging::session_id()
-}
