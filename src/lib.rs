@@ -12,6 +12,7 @@ pub mod deliver;
 pub mod limits;
 pub mod logging;
 pub mod net;
+pub mod imap;
 pub mod pop3;
 pub mod server;
 pub mod store;
