@@ -564,6 +564,33 @@ pub struct Config {
     pub imap_max_line_length: u64,
     /// `imap-max-literal` in bytes. Default: `max_message_size`.
     pub imap_max_literal: u64,
+    /// `imap-idle-keepalive`: how often a client in IDLE hears `* OK Still
+    /// here`, so that NAT boxes keep the connection. Default 2 minutes.
+    pub imap_idle_keepalive: Duration,
+    /// `special-use`: the folders every user gets on login, created and
+    /// subscribed if missing, with their RFC 6154 attribute. Default Drafts,
+    /// Sent, Trash, Junk, Archive; `special-use none` makes none.
+    pub special_use: Vec<SpecialUse>,
+}
+
+/// One `special-use` line: an RFC 6154 attribute and the folder that has it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpecialUse {
+    /// `\Sent`, `\Drafts`, `\Trash`, `\Junk`, `\Archive`, `\All` or `\Flagged`.
+    pub attribute: String,
+    /// The folder name (UTF-8, `/` between levels).
+    pub folder: String,
+}
+
+/// The attributes RFC 6154 defines.
+pub const SPECIAL_USE_ATTRIBUTES: [&str; 7] =
+    ["\\All", "\\Archive", "\\Drafts", "\\Flagged", "\\Junk", "\\Sent", "\\Trash"];
+
+fn default_special_use() -> Vec<SpecialUse> {
+    [("\\Drafts", "Drafts"), ("\\Sent", "Sent"), ("\\Trash", "Trash"), ("\\Junk", "Junk"), ("\\Archive", "Archive")]
+        .into_iter()
+        .map(|(a, f)| SpecialUse { attribute: a.to_string(), folder: f.to_string() })
+        .collect()
 }
 
 /// One problem in the config file.
@@ -632,6 +659,8 @@ impl Config {
             pop3_workarounds: Vec::new(),
             imap_max_line_length: 64 << 10,
             imap_max_literal: max_message_size,
+            imap_idle_keepalive: Duration::from_secs(120),
+            special_use: default_special_use(),
             path,
         }
     }
@@ -723,6 +752,8 @@ const KEYS: &[(&str, bool)] = &[
     ("pop3-workarounds", false),
     ("imap-max-line-length", false),
     ("imap-max-literal", false),
+    ("imap-idle-keepalive", false),
+    ("special-use", true),
 ];
 
 struct Parser {
@@ -734,6 +765,8 @@ struct Parser {
     errors: Vec<ConfigError>,
     /// Line on which each singleton key was set.
     seen: HashMap<&'static str, usize>,
+    /// The first `special-use` line replaces the default list.
+    seen_special_use: bool,
     /// `listen` lines so far, with their line numbers.
     listen: Vec<(Listen, usize)>,
 }
@@ -742,7 +775,15 @@ impl Parser {
     fn new(file: &Path) -> Parser {
         let cfg = Config::default_for(file);
         let dir = cfg.dir().to_path_buf();
-        Parser { file: file.to_path_buf(), dir, cfg, errors: Vec::new(), seen: HashMap::new(), listen: Vec::new() }
+        Parser {
+            file: file.to_path_buf(),
+            dir,
+            cfg,
+            errors: Vec::new(),
+            seen: HashMap::new(),
+            seen_special_use: false,
+            listen: Vec::new(),
+        }
     }
 
     fn error(&mut self, line: usize, message: String) {
@@ -900,6 +941,43 @@ impl Parser {
                 c.imap_max_line_length = n;
             }
             "imap-max-literal" => c.imap_max_literal = nonzero(size(one(key, args)?)?)?,
+            "imap-idle-keepalive" => {
+                let d = at_least(duration(one(key, args)?)?, Duration::from_secs(1), "")?;
+                if d > Duration::from_secs(30 * 60) {
+                    return Err("must be at most 30m: clients in IDLE are logged out after 30 minutes".into());
+                }
+                c.imap_idle_keepalive = d;
+            }
+            "special-use" => {
+                if !self.seen_special_use {
+                    self.seen_special_use = true;
+                    c.special_use.clear();
+                }
+                match args {
+                    [none] if none.eq_ignore_ascii_case("none") => {}
+                    [attr, folder] => {
+                        let Some(a) = SPECIAL_USE_ATTRIBUTES.iter().find(|a| a.eq_ignore_ascii_case(attr)) else {
+                            return Err(format!(
+                                "unknown special-use attribute `{attr}` (known: {})",
+                                SPECIAL_USE_ATTRIBUTES.join(" ")
+                            ));
+                        };
+                        if folder.eq_ignore_ascii_case("INBOX")
+                            || folder.starts_with('/')
+                            || folder.split('/').any(|p| p.is_empty() || p == "." || p == "..")
+                        {
+                            return Err(format!("`{folder}` cannot be a special-use folder"));
+                        }
+                        if c.special_use.iter().any(|s| s.attribute == *a) {
+                            return Err(format!("{a} is given twice"));
+                        }
+                        c.special_use.push(SpecialUse { attribute: a.to_string(), folder: folder.to_string() });
+                    }
+                    _ => {
+                        return Err("needs an attribute and a folder, as in `special-use \\Sent Sent`, or `none`".into())
+                    }
+                }
+            }
             _ => return Err(format!("unknown key `{key}`")),
         }
         Ok(())

@@ -31,23 +31,60 @@ pub enum Command {
     StartTls,
     /// `initial` is the SASL-IR initial response (RFC 4959) as base64 text,
     /// `=` meaning empty.
-    Authenticate { mechanism: String, initial: Option<String> },
-    Login { user: String, password: Secret },
+    Authenticate {
+        mechanism: String,
+        initial: Option<String>,
+    },
+    Login {
+        user: String,
+        password: Secret,
+    },
 
     // Authenticated (§6.3).
-    Select { mailbox: String },
-    Examine { mailbox: String },
-    Create { mailbox: String },
-    Delete { mailbox: String },
-    Rename { from: String, to: String },
-    Subscribe { mailbox: String },
-    Unsubscribe { mailbox: String },
+    Select {
+        mailbox: String,
+    },
+    Examine {
+        mailbox: String,
+    },
+    Create {
+        mailbox: String,
+    },
+    Delete {
+        mailbox: String,
+    },
+    Rename {
+        from: String,
+        to: String,
+    },
+    Subscribe {
+        mailbox: String,
+    },
+    Unsubscribe {
+        mailbox: String,
+    },
     /// LIST, with the RFC 5258 extended form: selection options before the
     /// reference, several patterns in parentheses, RETURN options after.
-    List { selection: Vec<String>, reference: String, patterns: Vec<String>, returns: Vec<String> },
-    Lsub { reference: String, pattern: String },
-    Status { mailbox: String, items: Vec<StatusItem> },
-    Append { mailbox: String, flags: Vec<Flag>, date: Option<DateTime>, message: Vec<u8> },
+    List {
+        selection: Vec<String>,
+        reference: String,
+        patterns: Vec<String>,
+        returns: Vec<String>,
+    },
+    Lsub {
+        reference: String,
+        pattern: String,
+    },
+    Status {
+        mailbox: String,
+        items: Vec<StatusItem>,
+    },
+    Append {
+        mailbox: String,
+        flags: Vec<Flag>,
+        date: Option<DateTime>,
+        message: Vec<u8>,
+    },
     /// RFC 2342.
     Namespace,
     /// RFC 5161: the capability names, as sent.
@@ -63,12 +100,34 @@ pub enum Command {
     Expunge,
     /// RFC 4315 `UID EXPUNGE`.
     UidExpunge(SequenceSet),
-    Search { uid: bool, charset: Option<String>, key: SearchKey },
-    Fetch { uid: bool, set: SequenceSet, items: Vec<FetchAttr> },
-    Store { uid: bool, set: SequenceSet, mode: StoreMode, silent: bool, flags: Vec<Flag> },
-    Copy { uid: bool, set: SequenceSet, mailbox: String },
+    Search {
+        uid: bool,
+        charset: Option<String>,
+        key: SearchKey,
+    },
+    Fetch {
+        uid: bool,
+        set: SequenceSet,
+        items: Vec<FetchAttr>,
+    },
+    Store {
+        uid: bool,
+        set: SequenceSet,
+        mode: StoreMode,
+        silent: bool,
+        flags: Vec<Flag>,
+    },
+    Copy {
+        uid: bool,
+        set: SequenceSet,
+        mailbox: String,
+    },
     /// RFC 6851.
-    Move { uid: bool, set: SequenceSet, mailbox: String },
+    Move {
+        uid: bool,
+        set: SequenceSet,
+        mailbox: String,
+    },
 }
 
 impl Command {
@@ -211,7 +270,11 @@ pub enum FetchAttr {
     BodyStructure,
     Uid,
     /// `BODY[section]<partial>` and `BODY.PEEK[...]`.
-    Section { peek: bool, section: Section, partial: Option<Partial> },
+    Section {
+        peek: bool,
+        section: Section,
+        partial: Option<Partial>,
+    },
 }
 
 /// `<origin.count>` of a section fetch.

@@ -1,6 +1,108 @@
-//! Writing IMAP strings (RFC 3501 §4.3, §9 `string`, `nstring`,
-//! `astring`): an atom where the grammar allows one, a quoted string when
-//! the bytes fit one, a literal otherwise.
+//! Responses: IMAP strings (RFC 3501 §4.3, §9 `string`, `nstring`,
+//! `astring`: an atom where the grammar allows one, a quoted string when
+//! the bytes fit one, a literal otherwise), and the one place where errors
+//! become `NO`, `BAD` and `BYE` (RFC 3501 §7.1, response codes of RFC 5530).
+
+use std::fmt;
+use std::io;
+
+use crate::store::StoreError;
+
+/// Why a command did not succeed.
+#[derive(Debug)]
+pub enum ImapError {
+    /// The command was malformed or is not allowed in this state: `BAD`.
+    Bad(String),
+    /// Refused: `NO [code] text`.
+    No(Option<&'static str>, String),
+    /// The store said no; mapped to a response code below.
+    Store(StoreError),
+    /// The session must end: `* BYE text`.
+    Bye(String),
+    /// The connection is gone.
+    Io(io::Error),
+}
+
+impl ImapError {
+    pub fn no(text: impl Into<String>) -> ImapError {
+        ImapError::No(None, text.into())
+    }
+
+    pub fn bad(text: impl Into<String>) -> ImapError {
+        ImapError::Bad(text.into())
+    }
+
+    /// True when the session ends after this.
+    pub fn is_fatal(&self) -> bool {
+        matches!(self, ImapError::Bye(_) | ImapError::Io(_))
+    }
+
+    /// The tagged (or, for BYE, untagged) response line, without CRLF.
+    /// Internal failures say only that; the details go to the log.
+    pub fn wire(&self, tag: &str) -> String {
+        match self {
+            ImapError::Bad(t) => format!("{tag} BAD {t}"),
+            ImapError::No(Some(code), t) => format!("{tag} NO [{code}] {t}"),
+            ImapError::No(None, t) => format!("{tag} NO {t}"),
+            ImapError::Store(e) => {
+                let (code, text) = store_error(e);
+                format!("{tag} NO [{code}] {text}")
+            }
+            ImapError::Bye(t) => format!("* BYE {t}"),
+            ImapError::Io(_) => format!("* BYE Connection error"),
+        }
+    }
+}
+
+/// The response code and text for a store error (RFC 5530 codes;
+/// TOOBIG is RFC 4469's, TRYCREATE RFC 3501's).
+pub fn store_error(e: &StoreError) -> (&'static str, &'static str) {
+    match e {
+        StoreError::LockTimeout(_) => ("INUSE", "Mailbox is locked by another program; try again later."),
+        StoreError::InUse(_) => ("INUSE", "Mailbox is in use by a POP3 session; try again later."),
+        StoreError::NoSuchMailbox(_) => ("NONEXISTENT", "Mailbox doesn't exist."),
+        StoreError::AlreadyExists(_) => ("ALREADYEXISTS", "Mailbox already exists."),
+        StoreError::BadName(_) => ("CANNOT", "Invalid mailbox name."),
+        StoreError::NotAllowed(_) => ("CANNOT", "Not allowed on this mailbox."),
+        StoreError::Corrupt(..) => ("CORRUPTION", "Mailbox file is damaged; see server log."),
+        StoreError::TooBig(_) => ("TOOBIG", "Message too large."),
+        StoreError::NoSpace => ("OVERQUOTA", "Not enough disk space."),
+        StoreError::Changed(_) => ("UNAVAILABLE", "Mailbox changed; try again."),
+        StoreError::Io(..) => ("SERVERBUG", "Internal error; see server log."),
+    }
+}
+
+impl fmt::Display for ImapError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ImapError::Bad(t) | ImapError::No(_, t) | ImapError::Bye(t) => f.write_str(t),
+            ImapError::Store(e) => write!(f, "{e}"),
+            ImapError::Io(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for ImapError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ImapError::Store(e) => Some(e),
+            ImapError::Io(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<io::Error> for ImapError {
+    fn from(e: io::Error) -> ImapError {
+        ImapError::Io(e)
+    }
+}
+
+impl From<StoreError> for ImapError {
+    fn from(e: StoreError) -> ImapError {
+        ImapError::Store(e)
+    }
+}
 
 /// Characters that may appear in an atom (RFC 3501 §9 `ATOM-CHAR`).
 pub fn is_atom_char(b: u8) -> bool {

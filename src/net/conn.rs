@@ -243,6 +243,16 @@ impl Conn {
         }
     }
 
+    /// The socket, for `poll` (IDLE waits on it and on mailbox events).
+    pub fn raw_fd(&self) -> Option<std::os::fd::RawFd> {
+        use std::os::fd::AsRawFd;
+        match &self.stream {
+            Stream::Plain(s) => Some(s.as_raw_fd()),
+            Stream::Tls(t) => Some(t.sock.as_raw_fd()),
+            Stream::Closed => None,
+        }
+    }
+
     /// Input already read from the socket but not yet consumed: bytes
     /// that the client sent without waiting for the answer to the line
     /// just read. For a plain connection these are bytes that came before

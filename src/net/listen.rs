@@ -59,14 +59,13 @@ impl Listener {
 
 /// True for the protocols that this version serves.
 pub fn served(protocol: Protocol) -> bool {
-    matches!(protocol, Protocol::Pop3 | Protocol::Pop3s)
+    !matches!(protocol, Protocol::Lmtp)
 }
 
 /// Why a protocol is not served, for the logs.
 pub fn not_served_reason(protocol: Protocol) -> &'static str {
     match protocol {
-        Protocol::Pop3 | Protocol::Pop3s => "",
-        Protocol::Imap | Protocol::Imaps => "IMAP is not built yet",
+        Protocol::Pop3 | Protocol::Pop3s | Protocol::Imap | Protocol::Imaps => "",
         Protocol::Lmtp => "LMTP is not built yet",
     }
 }

@@ -72,6 +72,7 @@ pub fn serve(protocol: Protocol, stream: TcpStream, peer: SocketAddr, via: Via, 
     conn.set_timeout(timeout);
     match protocol {
         Protocol::Pop3 | Protocol::Pop3s => crate::pop3::serve(conn, ctx),
-        Protocol::Imap | Protocol::Imaps | Protocol::Lmtp => {}
+        Protocol::Imap | Protocol::Imaps => crate::imap::serve(conn, ctx),
+        Protocol::Lmtp => {}
     }
 }

@@ -1058,14 +1058,26 @@ with the data reset to initial values.\n\n",
     /// Holds a shared fcntl lock while reading message bytes, and checks
     /// that the file is still the one indexed.
     fn with_read<T>(&self, f: impl FnOnce(&File) -> Result<T, StoreError>) -> Result<T, StoreError> {
-        {
+        // When a reader already holds the lock, the file was checked then
+        // and no cooperating writer can have changed it since.
+        let checked = {
             let mut g = self.readers.lock().unwrap_or_else(|p| p.into_inner());
             match g.as_mut() {
-                Some((n, _)) => *n += 1,
-                None => *g = Some((1, lock::lock_read(&self.file, &self.path, &self.opts.lock)?)),
+                Some((n, _)) => {
+                    *n += 1;
+                    true
+                }
+                None => {
+                    *g = Some((1, lock::lock_read(&self.file, &self.path, &self.opts.lock)?));
+                    false
+                }
             }
-        }
-        let res = if self.stat()? != self.id { Err(StoreError::Changed(self.path.clone())) } else { f(&self.file) };
+        };
+        let res = if !checked && self.stat()? != self.id {
+            Err(StoreError::Changed(self.path.clone()))
+        } else {
+            f(&self.file)
+        };
         let mut g = self.readers.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((n, _)) = g.as_mut() {
             *n -= 1;
@@ -1074,6 +1086,13 @@ with the data reset to initial values.\n\n",
             }
         }
         res
+    }
+
+    /// Runs `f` holding one read lock throughout, so that the many reads
+    /// of a FETCH or SEARCH over many messages lock and check the file
+    /// once rather than once per message.
+    pub fn reading<T>(&self, f: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreError> {
+        self.with_read(|_| f())
     }
 
     /// Writes message `i` as a client sees it (header, blank line, body;

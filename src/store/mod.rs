@@ -41,7 +41,8 @@ pub mod registry;
 pub mod scan;
 pub mod state;
 pub mod transform;
+pub mod watch;
 
 pub use mailbox::{Event, Mailbox, Message, Options};
-pub use registry::{Registry, Shared, Subscription};
+pub use registry::{Registry, Shared, Subscription, Waker};
 pub use state::Flags;

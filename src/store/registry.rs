@@ -20,8 +20,16 @@ use super::StoreError;
 pub struct Shared {
     path: PathBuf,
     mailbox: RwLock<Mailbox>,
-    subscribers: Mutex<Vec<(u64, Sender<Event>)>>,
+    subscribers: Mutex<Vec<Subscriber>>,
     next_id: Mutex<u64>,
+}
+
+#[derive(Debug)]
+struct Subscriber {
+    id: u64,
+    tx: Sender<Event>,
+    /// Woken after each send, for a session that waits in `poll` (IDLE).
+    waker: Option<Arc<Waker>>,
 }
 
 /// A subscription: events arrive on `events`; dropping it unsubscribes.
@@ -35,7 +43,72 @@ pub struct Subscription {
 impl Drop for Subscription {
     fn drop(&mut self) {
         let mut subs = self.shared.subscribers.lock().unwrap_or_else(|p| p.into_inner());
-        subs.retain(|(id, _)| *id != self.id);
+        subs.retain(|s| s.id != self.id);
+    }
+}
+
+impl Subscription {
+    /// An fd that becomes readable when an event arrives, for `poll`
+    /// (IDLE waits on it and on the client's socket at once). Made on
+    /// first use; [`Waker::clear`] it after draining the events.
+    pub fn waker(&self) -> std::io::Result<Arc<Waker>> {
+        let mut subs = self.shared.subscribers.lock().unwrap_or_else(|p| p.into_inner());
+        let me = subs.iter_mut().find(|s| s.id == self.id).ok_or_else(|| std::io::Error::other("unsubscribed"))?;
+        if let Some(w) = &me.waker {
+            return Ok(Arc::clone(w));
+        }
+        let w = Arc::new(Waker::new()?);
+        me.waker = Some(Arc::clone(&w));
+        Ok(w)
+    }
+
+    /// Sends events to every other subscriber (changes this session made
+    /// and reports itself, such as its own flag changes).
+    pub fn publish_to_others(&self, events: &[Event]) {
+        self.shared.publish_filtered(events, Some(self.id));
+    }
+
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+}
+
+/// An eventfd: readable after [`wake`](Waker::wake) until [`clear`](Waker::clear).
+#[derive(Debug)]
+pub struct Waker {
+    fd: std::os::fd::OwnedFd,
+}
+
+impl Waker {
+    fn new() -> std::io::Result<Waker> {
+        use std::os::fd::FromRawFd;
+        // SAFETY: eventfd returns a new fd or -1.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: fd is ours and open.
+        Ok(Waker { fd: unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) } })
+    }
+
+    pub fn wake(&self) {
+        use std::os::fd::AsRawFd;
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a live u64 to our eventfd. A full
+        // counter (EAGAIN) is still readable, which is all that matters.
+        unsafe { libc::write(self.fd.as_raw_fd(), (&one as *const u64).cast(), 8) };
+    }
+
+    pub fn clear(&self) {
+        use std::os::fd::AsRawFd;
+        let mut v: u64 = 0;
+        // SAFETY: reads 8 bytes into a live u64; non-blocking.
+        unsafe { libc::read(self.fd.as_raw_fd(), (&mut v as *mut u64).cast(), 8) };
+    }
+
+    pub fn fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        self.fd.as_raw_fd()
     }
 }
 
@@ -63,20 +136,27 @@ impl Shared {
             *n += 1;
             *n
         };
-        self.subscribers.lock().unwrap_or_else(|p| p.into_inner()).push((id, tx));
+        self.subscribers.lock().unwrap_or_else(|p| p.into_inner()).push(Subscriber { id, tx, waker: None });
         Subscription { shared: Arc::clone(self), id, events: rx }
     }
 
     /// Sends events to every subscriber (the sender's own subscription
     /// included: each session filters what it caused itself).
     pub fn publish(&self, events: &[Event]) {
+        self.publish_filtered(events, None);
+    }
+
+    fn publish_filtered(&self, events: &[Event], except: Option<u64>) {
         if events.is_empty() {
             return;
         }
         let subs = self.subscribers.lock().unwrap_or_else(|p| p.into_inner());
-        for (_, tx) in subs.iter() {
+        for s in subs.iter().filter(|s| Some(s.id) != except) {
             for e in events {
-                let _ = tx.send(e.clone());
+                let _ = s.tx.send(e.clone());
+            }
+            if let Some(w) = &s.waker {
+                w.wake();
             }
         }
     }

@@ -35,6 +35,8 @@ pub struct Server {
     pub conf: PathBuf,
     pub pop3: u16,
     pub pop3s: u16,
+    pub imap: u16,
+    pub imaps: u16,
     pub log: PathBuf,
 }
 
@@ -44,6 +46,8 @@ impl Server {
     pub fn start(dir: &Path, users: &[&str], extra: &str) -> Server {
         let pop3 = free_port();
         let pop3s = free_port();
+        let imap = free_port();
+        let imaps = free_port();
         // postroomd refuses to serve mail as root: under root (CI) it runs
         // as nobody, and the tree it works in becomes nobody's.
         let root = unsafe { libc::geteuid() } == 0;
@@ -52,7 +56,7 @@ impl Server {
             dir,
             users,
             &format!(
-                "listen pop3 127.0.0.1:{pop3}\nlisten pop3s 127.0.0.1:{pop3s}\ntls-cert tls/cert.pem\ntls-key tls/key.pem\nauth-failure-delay 1s\nlog-level debug\n{user}{extra}"
+                "listen pop3 127.0.0.1:{pop3}\nlisten pop3s 127.0.0.1:{pop3s}\nlisten imap 127.0.0.1:{imap}\nlisten imaps 127.0.0.1:{imaps}\ntls-cert tls/cert.pem\ntls-key tls/key.pem\nauth-failure-delay 1s\nlog-level debug\n{user}{extra}"
             ),
         );
         if root {
@@ -67,9 +71,11 @@ impl Server {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .expect("start postroomd");
-        let s = Server { child, dir: dir.to_path_buf(), conf, pop3, pop3s, log };
+        let s = Server { child, dir: dir.to_path_buf(), conf, pop3, pop3s, imap, imaps, log };
         s.wait_ready(pop3);
         s.wait_ready(pop3s);
+        s.wait_ready(imap);
+        s.wait_ready(imaps);
         s
     }
 
@@ -87,6 +93,16 @@ impl Server {
 
     pub fn pop3(&self) -> Pop3 {
         Pop3::connect(self.pop3)
+    }
+
+    /// A logged-in IMAP session.
+    pub fn imap(&self, user: &str) -> Imap {
+        Imap::login(self.imap, user)
+    }
+
+    /// The mail directory (other folders) of a user.
+    pub fn mail_dir(&self, user: &str) -> PathBuf {
+        self.dir.join("mail").join(user)
     }
 
     pub fn spool(&self, user: &str) -> PathBuf {
@@ -173,5 +189,143 @@ impl<S: Read + Write> Pop3<S> {
             }
             data.extend_from_slice(&l);
         }
+    }
+}
+
+/// An IMAP client that keeps bytes exact: responses come back as raw
+/// bytes with literals inline, up to and including the tagged line.
+pub struct Imap<S: Read + Write = TcpStream> {
+    pub r: BufReader<S>,
+    n: u32,
+}
+
+/// One command's response.
+#[derive(Debug, Clone)]
+pub struct Resp {
+    /// Everything before the tagged line, raw.
+    pub untagged: Vec<u8>,
+    /// The tagged line without tag and CRLF: "OK ...", "NO ...", "BAD ...".
+    pub status: String,
+}
+
+impl Resp {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.untagged).into_owned()
+    }
+
+    /// Untagged lines (literals inline), without CRLF.
+    pub fn lines(&self) -> Vec<String> {
+        self.text().split("\r\n").filter(|l| !l.is_empty()).map(String::from).collect()
+    }
+
+    pub fn ok(&self) -> bool {
+        self.status.starts_with("OK")
+    }
+
+    #[track_caller]
+    pub fn assert_ok(&self) -> &Self {
+        assert!(self.ok(), "expected OK, got {:?} after {:?}", self.status, self.text());
+        self
+    }
+}
+
+impl Imap<TcpStream> {
+    pub fn connect(port: u16) -> Imap {
+        let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut c = Imap { r: BufReader::new(s), n: 0 };
+        let greeting = c.line();
+        assert!(greeting.starts_with("* OK"), "greeting {greeting:?}");
+        c
+    }
+
+    /// Logs in as `user` with its test password.
+    pub fn login(port: u16, user: &str) -> Imap {
+        let mut c = Imap::connect(port);
+        c.cmd(&format!("LOGIN {user} secret-{user}")).assert_ok();
+        c
+    }
+}
+
+impl<S: Read + Write> Imap<S> {
+    pub fn new(stream: S) -> Self {
+        Imap { r: BufReader::new(stream), n: 0 }
+    }
+
+    pub fn send(&mut self, raw: &[u8]) {
+        self.r.get_mut().write_all(raw).unwrap();
+    }
+
+    /// One line with its CRLF removed; empty at EOF.
+    pub fn line(&mut self) -> String {
+        String::from_utf8_lossy(&self.raw_line()).trim_end_matches("\r\n").to_string()
+    }
+
+    fn raw_line(&mut self) -> Vec<u8> {
+        let mut l = Vec::new();
+        self.r.read_until(b'\n', &mut l).unwrap();
+        assert!(l.is_empty() || l.ends_with(b"\r\n"), "line without CRLF: {:?}", String::from_utf8_lossy(&l));
+        l
+    }
+
+    /// Reads one response line with any literals it announces, raw.
+    pub fn response_line(&mut self) -> Vec<u8> {
+        let mut out = Vec::new();
+        loop {
+            let l = self.raw_line();
+            assert!(!l.is_empty(), "connection closed; so far: {:?}", String::from_utf8_lossy(&out));
+            out.extend_from_slice(&l);
+            let body = &l[..l.len() - 2];
+            let Some(open) = body.iter().rposition(|&b| b == b'{') else { return out };
+            if !body.ends_with(b"}") {
+                return out;
+            }
+            let Ok(n) = std::str::from_utf8(&body[open + 1..body.len() - 1]).unwrap_or("x").parse::<usize>() else {
+                return out;
+            };
+            let mut lit = vec![0u8; n];
+            self.r.read_exact(&mut lit).unwrap();
+            out.extend_from_slice(&lit);
+        }
+    }
+
+    /// Reads until the line tagged `tag`.
+    pub fn read_until_tagged(&mut self, tag: &str) -> Resp {
+        let mut untagged = Vec::new();
+        let prefix = format!("{tag} ");
+        loop {
+            let l = self.response_line();
+            if l.starts_with(prefix.as_bytes()) {
+                let status = String::from_utf8_lossy(&l[prefix.len()..]).trim_end_matches("\r\n").to_string();
+                return Resp { untagged, status };
+            }
+            untagged.extend_from_slice(&l);
+        }
+    }
+
+    pub fn next_tag(&mut self) -> String {
+        self.n += 1;
+        format!("t{}", self.n)
+    }
+
+    /// Sends a command (a tag is added) and reads its whole response.
+    pub fn cmd(&mut self, c: &str) -> Resp {
+        let tag = self.next_tag();
+        self.send(format!("{tag} {c}\r\n").as_bytes());
+        self.read_until_tagged(&tag)
+    }
+
+    /// APPEND with a synchronizing literal, waiting for the continuation.
+    pub fn append(&mut self, mailbox: &str, flags: &str, message: &[u8]) -> Resp {
+        let tag = self.next_tag();
+        let fl = if flags.is_empty() { String::new() } else { format!(" ({flags})") };
+        self.send(format!("{tag} APPEND {mailbox}{fl} {{{}}}\r\n", message.len()).as_bytes());
+        let cont = self.line();
+        if !cont.starts_with('+') {
+            return Resp { untagged: Vec::new(), status: cont.trim_start_matches(&format!("{tag} ")).to_string() };
+        }
+        self.send(message);
+        self.send(b"\r\n");
+        self.read_until_tagged(&tag)
     }
 }

@@ -1,0 +1,527 @@
+//! Commands on mailboxes as a whole (RFC 3501 §6.3): SELECT, EXAMINE,
+//! CREATE, DELETE, RENAME, SUBSCRIBE, UNSUBSCRIBE, LIST, LSUB, STATUS,
+//! APPEND; NAMESPACE (RFC 2342), ENABLE (RFC 5161), and the special-use
+//! folders (RFC 6154) every user gets.
+//!
+//! The hierarchy separator is `/`; names travel in modified UTF-7 and are
+//! UTF-8 on disk. Subscriptions are kept one name per line in
+//! `.subscriptions` in the user's mail directory (a hidden name, so never
+//! a mailbox).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use log::{debug, info, warn};
+
+use super::command::{DateTime, Flag, StatusItem};
+use super::response::{self, ImapError};
+use super::selected::Selected;
+use super::session::{printable, Done, Session, State, User};
+use crate::store::names::{self, MailRoot};
+use crate::store::{Flags, Shared, StoreError};
+
+/// Sent at most this many subscriptions (a bound on a file users can edit).
+const MAX_SUBSCRIPTIONS: usize = 10_000;
+
+/// A decoded mailbox name: UTF-8, INBOX spelled `INBOX`, no trailing `/`.
+pub(super) fn decode_name(wire: &str) -> Result<String, ImapError> {
+    let utf8 = names::mutf7_decode(wire).map_err(|_| ImapError::bad("Invalid modified UTF-7 in mailbox name."))?;
+    // Thunderbird sends names with a trailing separator.
+    let trimmed = utf8.strip_suffix('/').unwrap_or(&utf8);
+    if names::is_inbox(trimmed) {
+        return Ok("INBOX".into());
+    }
+    Ok(trimmed.to_string())
+}
+
+impl User {
+    /// The file of mailbox `name` (decoded).
+    pub(super) fn path_of(&self, name: &str) -> Result<PathBuf, ImapError> {
+        if names::is_inbox(name) {
+            return Ok(self.root.inbox.clone());
+        }
+        if name.is_empty() {
+            return Err(ImapError::No(Some("NONEXISTENT"), "Mailbox doesn't exist.".into()));
+        }
+        Ok(self.root.resolve(name)?)
+    }
+
+    fn subscriptions_path(&self) -> PathBuf {
+        self.root.dir.join(".subscriptions")
+    }
+
+    pub(super) fn subscriptions(&self) -> Vec<String> {
+        match std::fs::read_to_string(self.subscriptions_path()) {
+            Ok(text) => text
+                .lines()
+                .map(str::trim_end)
+                .filter(|l| !l.is_empty())
+                .take(MAX_SUBSCRIPTIONS)
+                .map(String::from)
+                .collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// Writes the list whole, to a temporary file renamed over the old one.
+    fn save_subscriptions(&self, subs: &[String]) -> Result<(), ImapError> {
+        let path = self.subscriptions_path();
+        let tmp = self.root.dir.join(format!(".subscriptions.tmp.{}", std::process::id()));
+        let mut text = String::new();
+        for s in subs {
+            text.push_str(s);
+            text.push('\n');
+        }
+        let res = std::fs::create_dir_all(&self.root.dir)
+            .and_then(|_| std::fs::write(&tmp, text.as_bytes()))
+            .and_then(|_| std::fs::rename(&tmp, &path));
+        res.map_err(|e| ImapError::Store(StoreError::io(format!("writing {}", path.display()), e)))
+    }
+}
+
+/// Does `name` match the LIST pattern (RFC 3501 §6.3.8): `*` anything,
+/// `%` anything but the separator. Dynamic programming over pattern and
+/// name (both bounded by the line length), so no pattern is slow or deep.
+pub(super) fn matches(pattern: &[u8], name: &[u8]) -> bool {
+    let nl = name.len();
+    let mut prev = vec![false; nl + 1];
+    prev[0] = true;
+    let mut cur = vec![false; nl + 1];
+    for &c in pattern {
+        cur[0] = prev[0] && (c == b'*' || c == b'%');
+        for j in 1..=nl {
+            cur[j] = match c {
+                b'*' => cur[j - 1] || prev[j],
+                b'%' => prev[j] || (cur[j - 1] && name[j - 1] != b'/'),
+                _ => prev[j - 1] && c == name[j - 1],
+            };
+        }
+        std::mem::swap(&mut prev, &mut cur);
+    }
+    prev[nl]
+}
+
+impl Session<'_> {
+    /// Creates the configured special-use folders that are missing, and
+    /// subscribes them (Outlook expects Sent, Drafts and Trash to exist).
+    pub(super) fn prepare_special_use(&mut self, user: &User) {
+        if self.config.special_use.is_empty() {
+            return;
+        }
+        let mut subs = user.subscriptions();
+        let mut changed = false;
+        for su in &self.config.special_use {
+            let Ok(path) = user.root.resolve(&su.folder) else { continue };
+            if !path.exists() {
+                match user.root.create(&su.folder) {
+                    Ok(()) => {
+                        info!("{} imap special-use-created user={} folder={}", self.sid, user.account.name, su.folder)
+                    }
+                    Err(e) => {
+                        warn!("{} imap special-use-failed folder={} {e}", self.sid, su.folder);
+                        continue;
+                    }
+                }
+                if !subs.iter().any(|s| s == &su.folder) {
+                    subs.push(su.folder.clone());
+                    changed = true;
+                }
+            }
+        }
+        if changed {
+            if let Err(e) = user.save_subscriptions(&subs) {
+                warn!("{} imap subscriptions-failed {e}", self.sid);
+            }
+        }
+    }
+
+    fn special_use_of(&self, name: &str) -> Option<&str> {
+        self.config.special_use.iter().find(|s| s.folder == name).map(|s| s.attribute.as_str())
+    }
+
+    pub(super) fn cmd_select(&mut self, wire: &str, read_only: bool) -> Done {
+        // Whatever happens next, the old mailbox is closed (RFC 3501 §6.3.1).
+        self.close_mailbox();
+        let name = decode_name(wire)?;
+        let user = self.user();
+        let path = user.path_of(&name)?;
+        let is_inbox = name == "INBOX";
+        if path.is_dir() {
+            return Err(ImapError::No(Some("CANNOT"), "Mailbox isn't selectable.".into()));
+        }
+        let shared = self.ctx.registry.open(&path, &self.ctx.store_options(), is_inbox)?;
+        let sel = Selected::open(name.clone(), shared, read_only, is_inbox, &mut self.conn)?;
+        let state = std::mem::replace(&mut self.state, State::NotAuthenticated);
+        let State::Authenticated(user) = state else { unreachable!("closed above") };
+        debug!("{} imap select mailbox={} messages={}", self.sid, printable(&name), sel.exists());
+        self.enter(State::Selected(user, Box::new(sel)));
+        Ok(if read_only { "[READ-ONLY] Examine completed.".into() } else { "[READ-WRITE] Select completed.".into() })
+    }
+
+    pub(super) fn cmd_create(&mut self, wire: &str) -> Done {
+        let utf8 = names::mutf7_decode(wire).map_err(|_| ImapError::bad("Invalid modified UTF-7 in mailbox name."))?;
+        if names::is_inbox(utf8.trim_end_matches('/')) {
+            return Err(ImapError::No(Some("ALREADYEXISTS"), "Mailbox already exists.".into()));
+        }
+        self.user().root.create(&utf8)?;
+        Ok("Create completed.".into())
+    }
+
+    pub(super) fn cmd_delete(&mut self, wire: &str) -> Done {
+        let name = decode_name(wire)?;
+        if name == "INBOX" {
+            return Err(ImapError::No(Some("CANNOT"), "INBOX can't be deleted.".into()));
+        }
+        let path = self.user().path_of(&name)?;
+        if let State::Selected(_, sel) = &self.state {
+            if std::fs::canonicalize(&path).ok().as_deref() == Some(sel.shared.path()) {
+                self.close_mailbox();
+            }
+        }
+        self.user().root.delete(&name)?;
+        Ok("Delete completed.".into())
+    }
+
+    pub(super) fn cmd_rename(&mut self, from: &str, to: &str) -> Done {
+        let (from, to) = (decode_name(from)?, decode_name(to)?);
+        if to == "INBOX" {
+            return Err(ImapError::No(Some("ALREADYEXISTS"), "INBOX already exists.".into()));
+        }
+        if from == "INBOX" {
+            self.rename_inbox(&to)?;
+            return Ok("Rename completed.".into());
+        }
+        self.user().root.rename(&from, &to)?;
+        // Subscriptions follow the mailbox and what is below it.
+        let user = self.user();
+        let subs = user.subscriptions();
+        let prefix = format!("{from}/");
+        let renamed: Vec<String> = subs
+            .iter()
+            .map(|s| {
+                if *s == from {
+                    to.clone()
+                } else if let Some(rest) = s.strip_prefix(&prefix) {
+                    format!("{to}/{rest}")
+                } else {
+                    s.clone()
+                }
+            })
+            .collect();
+        if renamed != subs {
+            user.save_subscriptions(&renamed)?;
+        }
+        Ok("Rename completed.".into())
+    }
+
+    /// RENAME INBOX (RFC 3501 §6.3.5): every message moves to the new
+    /// mailbox, INBOX stays, empty, with its UIDVALIDITY.
+    fn rename_inbox(&mut self, to: &str) -> Result<(), ImapError> {
+        let user = self.user();
+        user.root.create(to)?;
+        let dst = self.ctx.registry.open(&user.root.resolve(to)?, &self.ctx.store_options(), false)?;
+        let src = match self.ctx.registry.open(&user.root.inbox, &self.ctx.store_options(), false) {
+            Ok(s) => s,
+            Err(StoreError::NoSuchMailbox(_)) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        let uids: Vec<u32> = src.read().messages().iter().map(|m| m.uid).collect();
+        super::messages::copy_uids(&src, &uids, &dst)?;
+        let events = src.write().expunge(&uids)?;
+        src.publish(&events);
+        Ok(())
+    }
+
+    pub(super) fn cmd_subscribe(&mut self, wire: &str, subscribe: bool) -> Done {
+        let name = decode_name(wire)?;
+        let user = self.user();
+        if name != "INBOX" {
+            // Refuse names that could never be mailboxes.
+            user.root.resolve(&name)?;
+        }
+        let mut subs = user.subscriptions();
+        let had = subs.iter().any(|s| *s == name);
+        if subscribe && !had {
+            subs.push(name);
+            user.save_subscriptions(&subs)?;
+        } else if !subscribe && had {
+            subs.retain(|s| *s != name);
+            user.save_subscriptions(&subs)?;
+        }
+        Ok(if subscribe { "Subscribe completed.".into() } else { "Unsubscribe completed.".into() })
+    }
+
+    /// LIST (RFC 3501 §6.3.8), with the RFC 5258 forms clients use for
+    /// RFC 6154: `LIST (SPECIAL-USE) "" "*"` and `RETURN (SPECIAL-USE)`,
+    /// and SUBSCRIBED selection / return options.
+    pub(super) fn cmd_list(
+        &mut self,
+        selection: &[String],
+        reference: &str,
+        patterns: &[String],
+        returns: &[String],
+    ) -> Done {
+        let has = |v: &[String], o: &str| v.iter().any(|s| s.eq_ignore_ascii_case(o));
+        let only_subscribed = has(selection, "SUBSCRIBED");
+        let only_special = has(selection, "SPECIAL-USE");
+        let show_subscribed = only_subscribed || has(returns, "SUBSCRIBED");
+        if patterns.len() == 1 && patterns[0].is_empty() {
+            // RFC 3501: the delimiter and the root of the reference.
+            write!(self.conn, "* LIST (\\Noselect) \"/\" \"\"\r\n")?;
+            return Ok("List completed.".into());
+        }
+        let user = self.user();
+        let mut folders = user.root.list()?;
+        let subs = if show_subscribed || only_subscribed { user.subscriptions() } else { Vec::new() };
+        if only_subscribed {
+            // Subscribed names that no longer exist are listed \NonExistent.
+            for s in &subs {
+                if !folders.iter().any(|f| f.name == *s) {
+                    folders.push(names::Folder { name: s.clone(), selectable: false, has_children: false });
+                }
+            }
+        }
+        let wire_patterns: Vec<Vec<u8>> =
+            patterns.iter().map(|p| full_pattern(reference, p)).collect::<Result<_, _>>()?;
+        let mut out = Vec::new();
+        for f in &folders {
+            let wire = names::mutf7_encode(&f.name);
+            if !wire_patterns.iter().any(|p| matches(p, wire.as_bytes()) || inbox_match(p, &f.name)) {
+                continue;
+            }
+            let subscribed = subs.iter().any(|s| *s == f.name);
+            if only_subscribed && !subscribed {
+                continue;
+            }
+            let special = self.special_use_of(&f.name);
+            if only_special && special.is_none() {
+                continue;
+            }
+            let mut attrs: Vec<&str> = Vec::new();
+            let exists = f.name == "INBOX" || folders_exist(&user.root, f);
+            if !exists {
+                attrs.push("\\NonExistent");
+            } else if !f.selectable {
+                attrs.push("\\Noselect");
+            }
+            attrs.push(if f.has_children { "\\HasChildren" } else { "\\HasNoChildren" });
+            if let Some(s) = special {
+                attrs.push(s);
+            }
+            if show_subscribed && subscribed {
+                attrs.push("\\Subscribed");
+            }
+            out.extend_from_slice(format!("* LIST ({}) \"/\" ", attrs.join(" ")).as_bytes());
+            response::astring(&mut out, wire.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        self.conn.write_all(&out)?;
+        Ok("List completed.".into())
+    }
+
+    pub(super) fn cmd_lsub(&mut self, reference: &str, pattern: &str) -> Done {
+        if pattern.is_empty() {
+            write!(self.conn, "* LSUB (\\Noselect) \"/\" \"\"\r\n")?;
+            return Ok("Lsub completed.".into());
+        }
+        let user = self.user();
+        let p = full_pattern(reference, pattern)?;
+        let mut out = Vec::new();
+        for s in user.subscriptions() {
+            let wire = names::mutf7_encode(&s);
+            if !(matches(&p, wire.as_bytes()) || inbox_match(&p, &s)) {
+                continue;
+            }
+            let selectable = s == "INBOX" || user.root.resolve(&s).is_ok_and(|p| p.is_file());
+            out.extend_from_slice(if selectable { b"* LSUB () \"/\" " } else { b"* LSUB (\\Noselect) \"/\" " });
+            response::astring(&mut out, wire.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        self.conn.write_all(&out)?;
+        Ok("Lsub completed.".into())
+    }
+
+    pub(super) fn cmd_status(&mut self, wire: &str, items: &[StatusItem]) -> Done {
+        let name = decode_name(wire)?;
+        let path = self.user().path_of(&name)?;
+        let shared = self.open_existing(&path, name == "INBOX")?;
+        let mb = shared.read();
+        let mut parts = Vec::new();
+        for item in items {
+            parts.push(match item {
+                StatusItem::Messages => format!("MESSAGES {}", mb.len()),
+                StatusItem::Recent => {
+                    format!("RECENT {}", mb.messages().iter().filter(|m| m.flags.contains(Flags::RECENT)).count())
+                }
+                StatusItem::UidNext => format!("UIDNEXT {}", mb.uidnext()),
+                StatusItem::UidValidity => format!("UIDVALIDITY {}", mb.uidvalidity()),
+                StatusItem::Unseen => {
+                    format!("UNSEEN {}", mb.messages().iter().filter(|m| !m.flags.contains(Flags::SEEN)).count())
+                }
+            });
+        }
+        drop(mb);
+        let mut out = b"* STATUS ".to_vec();
+        response::astring(&mut out, names::mutf7_encode(&name).as_bytes());
+        out.extend_from_slice(format!(" ({})\r\n", parts.join(" ")).as_bytes());
+        self.conn.write_all(&out)?;
+        Ok("Status completed.".into())
+    }
+
+    /// An existing mailbox, shared. INBOX always exists (an empty one is
+    /// made when the MTA has not written it yet).
+    pub(super) fn open_existing(&self, path: &Path, is_inbox: bool) -> Result<Arc<Shared>, ImapError> {
+        if path.is_dir() {
+            return Err(ImapError::No(Some("CANNOT"), "Mailbox isn't selectable.".into()));
+        }
+        Ok(self.ctx.registry.open(path, &self.ctx.store_options(), is_inbox)?)
+    }
+
+    /// The destination of APPEND, COPY and MOVE: a missing one is
+    /// `NO [TRYCREATE]` (RFC 3501 §6.3.11).
+    pub(super) fn open_target(&self, wire: &str) -> Result<Arc<Shared>, ImapError> {
+        let name = decode_name(wire)?;
+        let path = self.user().path_of(&name)?;
+        match self.open_existing(&path, name == "INBOX") {
+            Err(ImapError::Store(StoreError::NoSuchMailbox(_))) => {
+                Err(ImapError::No(Some("TRYCREATE"), "Mailbox doesn't exist.".into()))
+            }
+            other => other,
+        }
+    }
+
+    pub(super) fn cmd_append(&mut self, wire: &str, flags: &[Flag], date: Option<DateTime>, message: &[u8]) -> Done {
+        if message.is_empty() {
+            return Err(ImapError::no("Can't save a zero byte message."));
+        }
+        if message.len() as u64 > self.config.max_message_size {
+            return Err(ImapError::No(Some("TOOBIG"), "Message too large.".into()));
+        }
+        let target = self.open_target(wire)?;
+        let (mut f, keywords) = split_flags(flags);
+        // A new message is recent (RFC 3501 §2.3.2).
+        f.insert(Flags::RECENT);
+        let kws: Vec<&str> = keywords.iter().map(String::as_str).collect();
+        let (uid, uidvalidity, events) = {
+            let mut mb = target.write();
+            let (uid, events) = mb.append(message, f, &kws, date.map(|d| d.epoch), "MAILER-DAEMON")?;
+            (uid, mb.uidvalidity(), events)
+        };
+        target.publish(&events);
+        self.stats.appended += 1;
+        Ok(format!("[APPENDUID {uidvalidity} {uid}] Append completed."))
+    }
+
+    pub(super) fn cmd_namespace(&mut self) -> Done {
+        // One personal namespace with an empty prefix: iOS Mail and others
+        // take anything else as a place to put folders under.
+        write!(self.conn, "* NAMESPACE ((\"\" \"/\")) NIL NIL\r\n")?;
+        Ok("Namespace completed.".into())
+    }
+
+    pub(super) fn cmd_enable(&mut self, caps: &[String]) -> Done {
+        // Nothing here needs enabling (no CONDSTORE, QRESYNC, UTF8=ACCEPT):
+        // RFC 5161 §3.2 answers with the empty list.
+        debug!("{} imap enable asked={}", self.sid, printable(&caps.join(" ")));
+        write!(self.conn, "* ENABLED\r\n")?;
+        Ok("Enabled.".into())
+    }
+}
+
+/// Reference and pattern joined (RFC 3501 §6.3.8: the reference is
+/// prefixed, with a separator when it lacks one).
+fn full_pattern(reference: &str, pattern: &str) -> Result<Vec<u8>, ImapError> {
+    let mut p = String::new();
+    if !reference.is_empty() && !pattern.starts_with('/') {
+        p.push_str(reference);
+        if !reference.ends_with('/') {
+            p.push('/');
+        }
+    }
+    p.push_str(pattern);
+    // Thunderbird's trailing separator: "Folder/" lists "Folder".
+    if p.len() > 1 && p.ends_with('/') {
+        p.pop();
+    }
+    Ok(p.into_bytes())
+}
+
+/// INBOX matches case-insensitively (RFC 3501 §5.1).
+fn inbox_match(pattern: &[u8], name: &str) -> bool {
+    name == "INBOX" && matches(&pattern.to_ascii_uppercase(), b"INBOX")
+}
+
+fn folders_exist(root: &MailRoot, f: &names::Folder) -> bool {
+    root.resolve(&f.name).is_ok_and(|p| p.exists())
+}
+
+/// System flags and keywords of a STORE or APPEND. `\Recent` and unknown
+/// system flags cannot be set (RFC 3501 §2.3.2) and are ignored.
+pub(super) fn split_flags(flags: &[Flag]) -> (Flags, Vec<String>) {
+    let mut f = Flags::default();
+    let mut kws = Vec::new();
+    for flag in flags {
+        match flag {
+            Flag::Seen => f.insert(Flags::SEEN),
+            Flag::Answered => f.insert(Flags::ANSWERED),
+            Flag::Flagged => f.insert(Flags::FLAGGED),
+            Flag::Deleted => f.insert(Flags::DELETED),
+            Flag::Draft => f.insert(Flags::DRAFT),
+            Flag::Recent | Flag::Extension(_) => {}
+            Flag::Keyword(k) => {
+                if !kws.iter().any(|x: &String| x.eq_ignore_ascii_case(k)) {
+                    kws.push(k.clone());
+                }
+            }
+        }
+    }
+    (f, kws)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn list_patterns() {
+        for (p, n, want) in [
+            ("*", "a/b/c", true),
+            ("%", "a", true),
+            ("%", "a/b", false),
+            ("a/%", "a/b", true),
+            ("a/%", "a/b/c", false),
+            ("a/*", "a/b/c", true),
+            ("*/c", "a/b/c", true),
+            ("%/c", "a/b/c", false),
+            ("%/%/c", "a/b/c", true),
+            ("S%", "Sent", true),
+            ("S%t", "Sent", true),
+            ("S%x", "Sent", false),
+            ("*t", "Sent", true),
+            ("", "Sent", false),
+            ("Sent", "Sent", true),
+            ("sent", "Sent", false),
+            ("%*%", "x/y", true),
+            ("a%b", "ab", true),
+            ("a%b", "a/b", false),
+            ("a*b", "a/b", true),
+        ] {
+            assert_eq!(matches(p.as_bytes(), n.as_bytes()), want, "{p} vs {n}");
+        }
+    }
+
+    #[test]
+    fn names_and_references() {
+        assert_eq!(decode_name("inbox").unwrap(), "INBOX");
+        assert_eq!(decode_name("Sent/").unwrap(), "Sent");
+        assert_eq!(decode_name("Entw&APw-rfe").unwrap(), "Entwürfe");
+        assert!(decode_name("bad&Jjo").is_err());
+        assert_eq!(full_pattern("a", "%").unwrap(), b"a/%");
+        assert_eq!(full_pattern("a/", "%").unwrap(), b"a/%");
+        assert_eq!(full_pattern("", "Folder/").unwrap(), b"Folder");
+        assert!(inbox_match(b"inbox", "INBOX"));
+        assert!(inbox_match(b"%", "INBOX"));
+        assert!(!inbox_match(b"Sent", "INBOX"));
+    }
+}
