@@ -193,7 +193,9 @@ impl Session<'_> {
             self.conn.write_all(&buf)?;
             buf.clear();
         }
-        if missing {
+        // A UID that is gone is simply not there; a message number the
+        // client still holds for an expunged message gets RFC 5530's code.
+        if missing && !uid {
             return Err(ImapError::No(Some("EXPUNGEISSUED"), "Some of the requested messages no longer exist.".into()));
         }
         Ok("Fetch completed.".into())

@@ -241,7 +241,7 @@ impl Session<'_> {
             user.root.resolve(&name)?;
         }
         let mut subs = user.subscriptions();
-        let had = subs.iter().any(|s| *s == name);
+        let had = subs.contains(&name);
         if subscribe && !had {
             subs.push(name);
             user.save_subscriptions(&subs)?;
@@ -290,7 +290,7 @@ impl Session<'_> {
             if !wire_patterns.iter().any(|p| matches(p, wire.as_bytes()) || inbox_match(p, &f.name)) {
                 continue;
             }
-            let subscribed = subs.iter().any(|s| *s == f.name);
+            let subscribed = subs.contains(&f.name);
             if only_subscribed && !subscribed {
                 continue;
             }

@@ -197,9 +197,11 @@ impl Session<'_> {
             match self.pop_guard() {
                 Ok(_guard) => {
                     let sel = self.selected();
-                    let uids = deleted_uids(&sel.shared, &sel.uids, None);
+                    let mut mb = sel.shared.write();
+                    let uids = deleted_uids(&mb, &sel.uids, None);
                     if !uids.is_empty() {
-                        let events = sel.shared.write().expunge(&uids)?;
+                        let events = mb.expunge(&uids)?;
+                        drop(mb);
                         sel.sub.publish_to_others(&events);
                         self.stats.expunged += uids.len() as u64;
                     }
@@ -222,8 +224,13 @@ impl Session<'_> {
             Some(s) => Some(sel.resolve(s, true)?.into_iter().map(|p| p.1).collect::<Vec<u32>>()),
             None => None,
         };
-        let uids = deleted_uids(&sel.shared, &sel.uids, within.as_deref());
-        let events = sel.shared.write().expunge(&uids)?;
+        let events = {
+            // Chosen and removed under one lock: a flag another session
+            // clears meanwhile is respected.
+            let mut mb = sel.shared.write();
+            let uids = deleted_uids(&mb, &sel.uids, within.as_deref());
+            mb.expunge(&uids)?
+        };
         // Everyone, this session included: its report after the command
         // sends the EXPUNGE responses.
         sel.shared.publish(&events);
@@ -360,7 +367,7 @@ impl Session<'_> {
             sel.sub.publish_to_others(&[Event::Flags(changed)]);
         }
         shared.publish(&flushed);
-        if missing {
+        if missing && !uid {
             return Err(ImapError::No(Some("EXPUNGEISSUED"), "Some of the messages no longer exist.".into()));
         }
         Ok("Store completed.".into())
@@ -383,7 +390,7 @@ impl Session<'_> {
         };
         if uids.is_empty() {
             if targets.is_empty() {
-                return Ok(if moving { "No messages found.".into() } else { "No messages found.".into() });
+                return Ok("No messages found.".into());
             }
             return Err(ImapError::No(Some("EXPUNGEISSUED"), "The messages no longer exist.".into()));
         }
@@ -407,8 +414,7 @@ impl Session<'_> {
 }
 
 /// The UIDs among `view` (and `within`, if given) marked \Deleted.
-fn deleted_uids(shared: &Shared, view: &[u32], within: Option<&[u32]>) -> Vec<u32> {
-    let mb = shared.read();
+fn deleted_uids(mb: &Mailbox, view: &[u32], within: Option<&[u32]>) -> Vec<u32> {
     let pick = |u: &u32| mb.position(*u).is_some_and(|i| mb.messages()[i].flags.contains(Flags::DELETED));
     match within {
         Some(w) => w.iter().filter(|u| pick(u)).copied().collect(),

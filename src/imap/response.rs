@@ -49,7 +49,7 @@ impl ImapError {
                 format!("{tag} NO [{code}] {text}")
             }
             ImapError::Bye(t) => format!("* BYE {t}"),
-            ImapError::Io(_) => format!("* BYE Connection error"),
+            ImapError::Io(_) => "* BYE Connection error".to_string(),
         }
     }
 }

@@ -261,6 +261,11 @@ impl<'a> Session<'a> {
             ),
         };
         let name = command.name();
+        // Expunges the client has not heard of yet go first where they may:
+        // a UID command then never names a message that is already gone.
+        if report.expunges && matches!(self.state, State::Selected(..)) && !matches!(command, Command::Idle) {
+            self.report(report)?;
+        }
         let result = self.check_allowed(&command).and_then(|_| match command {
             Command::Capability => self.cmd_capability(),
             Command::Noop => self.cmd_noop(),
