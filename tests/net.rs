@@ -47,7 +47,6 @@ struct Setup {
     dir: tempfile::TempDir,
     pop3: SocketAddr,
     pop3s: SocketAddr,
-    /// Listed in the config, never bound (IMAP is not served yet).
     imap: SocketAddr,
 }
 
@@ -261,8 +260,14 @@ fn standalone_server_greets() {
     assert!(c.line().starts_with("+OK"));
     assert!(c.closed());
     d.setup.wait_log("pop3 listening address=");
+    d.setup.wait_log("imap listening address=");
+    let mut i = Client::connect(d.setup.imap);
+    assert!(i.line().starts_with("* OK [CAPABILITY IMAP4rev1 "));
+    i.send("a LOGOUT\r\n");
+    assert!(i.line().starts_with("* BYE"));
+    assert!(i.line().starts_with("a OK"));
+    assert!(i.closed());
     let log = d.setup.log();
-    assert!(log.contains("not served: IMAP is not built yet"), "{log}");
     if is_root() {
         assert!(log.contains("server switched to user=nobody"), "{log}");
     }
@@ -363,6 +368,40 @@ fn plaintext_pipelined_after_stls_ends_the_session() {
     let _ = c.reader.read_to_end(&mut rest);
     assert!(!String::from_utf8_lossy(&rest).contains("CAPA"), "{rest:?}");
     assert!(!rest.starts_with(b"+OK"), "{rest:?}");
+}
+
+#[test]
+fn imap_starttls_upgrades_and_forgets_what_came_before() {
+    let d = Daemon::start("plaintext-auth never");
+    let mut c = Client::connect(d.setup.imap);
+    let greeting = c.line();
+    assert!(greeting.contains("STARTTLS") && greeting.contains("LOGINDISABLED"), "{greeting}");
+    c.send("a STARTTLS\r\n");
+    assert_eq!(c.line(), "a OK Begin TLS negotiation now.\r\n");
+    let sock = c.reader.into_inner();
+    let mut tls = tls_client(d.setup.client_tls(), sock);
+    tls.get_mut().write_all(b"b CAPABILITY\r\n").unwrap();
+    tls.get_mut().flush().unwrap();
+    let caps = read_line(&mut tls);
+    assert!(caps.contains("AUTH=PLAIN") && !caps.contains("STARTTLS") && !caps.contains("LOGINDISABLED"), "{caps}");
+    assert!(read_line(&mut tls).starts_with("b OK"));
+    tls.get_mut().write_all(b"c LOGIN alice alice\r\n").unwrap();
+    tls.get_mut().flush().unwrap();
+    assert!(read_line(&mut tls).starts_with("c OK [CAPABILITY "));
+}
+
+#[test]
+fn imap_plaintext_pipelined_after_starttls_ends_the_session() {
+    let d = Daemon::start("");
+    let mut c = Client::connect(d.setup.imap);
+    assert!(c.line().starts_with("* OK"));
+    c.send("a STARTTLS\r\nb LOGIN alice alice\r\n");
+    let answer = c.line();
+    assert!(answer.starts_with("a OK") || answer.is_empty(), "{answer:?}");
+    let mut rest = Vec::new();
+    let _ = c.reader.read_to_end(&mut rest);
+    assert!(!String::from_utf8_lossy(&rest).contains("b "), "{rest:?}");
+    d.setup.wait_log("starttls-injection");
 }
 
 #[test]
@@ -561,10 +600,39 @@ fn inetd_refuses_a_terminal_or_file_as_input() {
 }
 
 #[test]
-fn inetd_imap_is_not_served_yet() {
+fn inetd_imap_and_imaps_sessions() {
     let setup = Setup::new("");
     let (server, client) = tcp_pair();
     let mut child = inetd(&setup, "imap", server);
+    let mut c = Client { reader: BufReader::new(client) };
+    assert!(c.line().starts_with("* OK [CAPABILITY IMAP4rev1 "));
+    c.send("a LOGIN alice alice\r\nb SELECT INBOX\r\nc LOGOUT\r\n");
+    assert!(c.line().starts_with("a OK [CAPABILITY "));
+    let mut rest = String::new();
+    c.reader.read_to_string(&mut rest).unwrap();
+    assert!(rest.contains("* 0 EXISTS\r\n") && rest.contains("b OK [READ-WRITE]"), "{rest}");
+    assert!(rest.ends_with("* BYE Logging out\r\nc OK Logout completed.\r\n"), "{rest}");
+    assert!(wait_child(&mut child).success());
+    let (server, client) = tcp_pair();
+    let mut child = inetd(&setup, "imaps", server);
+    let start = Instant::now();
+    while !setup.path("tls/cert.pem").exists() {
+        assert!(start.elapsed() < PATIENCE, "no certificate:\n{}", setup.log());
+        sleep(Duration::from_millis(20));
+    }
+    let mut tls = tls_client(setup.client_tls(), client);
+    assert!(read_line(&mut tls).starts_with("* OK [CAPABILITY IMAP4rev1 "));
+    tls.get_mut().write_all(b"a LOGOUT\r\n").unwrap();
+    tls.get_mut().flush().unwrap();
+    assert!(read_line(&mut tls).starts_with("* BYE"));
+    assert!(wait_child(&mut child).success());
+}
+
+#[test]
+fn inetd_lmtp_is_not_served_yet() {
+    let setup = Setup::new("");
+    let (server, client) = tcp_pair();
+    let mut child = inetd(&setup, "lmtp", server);
     let mut c = Client { reader: BufReader::new(client) };
     assert_eq!(c.line(), "");
     assert_eq!(wait_child(&mut child).code(), Some(69));
