@@ -171,8 +171,10 @@ impl Session<'_> {
         let mut missing = false;
         let mut buf: Vec<u8> = Vec::new();
         let mut next = 0;
+        let mut retried = false;
         while next < targets.len() {
-            {
+            let batch_start = next;
+            let res = {
                 let mb = shared.read();
                 mb.reading(|| {
                     while next < targets.len() && buf.len() < BATCH_BYTES {
@@ -188,7 +190,19 @@ impl Session<'_> {
                         self.stats.fetched_bytes += bytes;
                     }
                     Ok(())
-                })?;
+                })
+            };
+            match res {
+                // Another program rewrote the file since we looked: look
+                // again (once) and redo this batch.
+                Err(StoreError::Changed(_)) if !retried => {
+                    retried = true;
+                    shared.refresh()?;
+                    next = batch_start;
+                    buf.clear();
+                    continue;
+                }
+                other => other?,
             }
             self.conn.write_all(&buf)?;
             buf.clear();
