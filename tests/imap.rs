@@ -456,7 +456,7 @@ fn search_keys() {
         ("SEARCH ALL", "* SEARCH 1 2 3"),
         ("SEARCH FROM ann", "* SEARCH 1 3"),
         ("SEARCH SUBJECT lunch", "* SEARCH 1"),
-        ("SEARCH CHARSET UTF-8 SUBJECT Grüße", "* SEARCH 2"),
+        ("SEARCH CHARSET UTF-8 SUBJECT \"Grüße\"", "* SEARCH 2"),
         ("SEARCH BODY invoice", "* SEARCH 2"),
         ("SEARCH TEXT invoice", "* SEARCH 2 3"),
         ("SEARCH SEEN", "* SEARCH 2"),

@@ -249,6 +249,7 @@ impl Session<'_> {
         let bounds = Bounds { max_seq: sel.exists(), max_uid: sel.max_uid() };
         let mut found: Vec<u32> = Vec::new();
         let mut expunged = false;
+        let mut matcher = search::Matcher::new(key);
         for (chunk_no, chunk) in sel.uids.chunks(MESSAGES_PER_LOCK).enumerate() {
             let mb = sel.shared.read();
             let names = mb.keywords().to_vec();
@@ -274,7 +275,7 @@ impl Session<'_> {
                         size: m.size,
                     };
                     let mut content = Lazy { mb: &mb, i, header: None, full: None };
-                    if search::matches(key, &c, &bounds, &mut content)? {
+                    if matcher.matches(&c, &bounds, &mut content)? {
                         found.push(if uid { u } else { seq });
                     }
                 }
