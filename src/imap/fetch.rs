@@ -291,9 +291,9 @@ fn write_one(
                     mime::section(f, &section.part, section.text.as_ref())
                 };
                 match bytes {
-                    // A part that isn't there: the empty string, as other
+                    // A part that isn't there: an empty literal, as other
                     // servers answer (RFC 3501 leaves it open).
-                    None => out.extend_from_slice(b"\"\""),
+                    None => out.extend_from_slice(b"{0}\r\n"),
                     Some(b) => {
                         let b = cut(&b, *partial);
                         response::literal(out, b);
