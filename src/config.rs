@@ -564,6 +564,9 @@ pub struct Config {
     pub imap_max_line_length: u64,
     /// `imap-max-literal` in bytes. Default: `max_message_size`.
     pub imap_max_literal: u64,
+    /// `imap-max-nesting`: how deep parentheses may nest in an IMAP
+    /// command (search keys, lists). Default 32.
+    pub imap_max_nesting: u32,
     /// `imap-idle-keepalive`: how often a client in IDLE hears `* OK Still
     /// here`, so that NAT boxes keep the connection. Default 2 minutes.
     pub imap_idle_keepalive: Duration,
@@ -660,6 +663,7 @@ impl Config {
             imap_max_line_length: 64 << 10,
             imap_max_literal: max_message_size,
             imap_idle_keepalive: Duration::from_secs(120),
+            imap_max_nesting: 32,
             special_use: default_special_use(),
             path,
         }
@@ -753,6 +757,7 @@ const KEYS: &[(&str, bool)] = &[
     ("imap-max-line-length", false),
     ("imap-max-literal", false),
     ("imap-idle-keepalive", false),
+    ("imap-max-nesting", false),
     ("special-use", true),
 ];
 
@@ -941,6 +946,13 @@ impl Parser {
                 c.imap_max_line_length = n;
             }
             "imap-max-literal" => c.imap_max_literal = nonzero(size(one(key, args)?)?)?,
+            "imap-max-nesting" => {
+                let v = one(key, args)?;
+                match v.parse::<u32>() {
+                    Ok(n) if (4..=100).contains(&n) => c.imap_max_nesting = n,
+                    _ => return Err(format!("`{v}` is not a nesting depth from 4 to 100")),
+                }
+            }
             "imap-idle-keepalive" => {
                 let d = at_least(duration(one(key, args)?)?, Duration::from_secs(1), "")?;
                 if d > Duration::from_secs(30 * 60) {

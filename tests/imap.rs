@@ -593,7 +593,9 @@ fn expunge_waits_for_a_pop3_session() {
     let s = server_with(&t, &ids(&["m1", "m2"]), "");
     let mut p = Pop3::login(s.pop3, "alice");
     let mut a = s.imap("alice");
-    a.cmd("SELECT INBOX").assert_ok();
+    let r = a.cmd("SELECT INBOX");
+    r.assert_ok();
+    assert!(r.text().contains("* OK [ALERT] A POP3 session is reading this mailbox"), "{}", r.text());
     a.cmd("STORE 1 +FLAGS (\\Deleted)").assert_ok();
     let r = a.cmd("EXPUNGE");
     assert!(r.status.starts_with("NO [INUSE]"), "{}", r.status);
@@ -686,4 +688,21 @@ fn envelope_and_bodystructure_over_the_wire_match_dovecot() {
     }
     // ENVELOPE, BODYSTRUCTURE, BODY and dozens of sections per message.
     assert!(compared > 30 * names.len(), "only {compared} records");
+}
+
+#[test]
+fn nesting_is_bounded_and_the_server_survives() {
+    let t = Tmp::new();
+    let s = server_with(&t, &ids(&["m1"]), "imap-max-nesting 100\n");
+    let mut a = s.imap("alice");
+    a.cmd("SELECT INBOX").assert_ok();
+    let deep = |n: usize| format!("SEARCH {}ALL{}", "(".repeat(n), ")".repeat(n));
+    let r = a.cmd(&deep(99));
+    r.assert_ok();
+    assert_eq!(r.lines(), vec!["* SEARCH 1"]);
+    assert!(a.cmd(&deep(150)).status.starts_with("BAD"));
+    assert!(a.cmd(&format!("SEARCH {}ALL", "NOT ".repeat(5000))).status.starts_with("BAD"));
+    let r = a.cmd(&format!("SEARCH {}ALL", "NOT ".repeat(97)));
+    assert_eq!(r.lines(), vec!["* SEARCH"]);
+    a.cmd("NOOP").assert_ok();
 }

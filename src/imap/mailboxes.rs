@@ -152,6 +152,17 @@ impl Session<'_> {
         }
         let shared = self.ctx.registry.open(&path, &self.ctx.store_options(), is_inbox)?;
         let sel = Selected::open(name.clone(), shared, read_only, is_inbox, &mut self.conn)?;
+        if is_inbox && !read_only {
+            // Tell the user why deletions will wait (RFC 3501 §7.1 ALERT).
+            if let Err(StoreError::InUse(_)) =
+                crate::store::lock::SessionLock::try_acquire(&self.user().root.inbox, &self.config.state_dir)
+            {
+                write!(
+                    self.conn,
+                    "* OK [ALERT] A POP3 session is reading this mailbox; deleted messages stay until it ends.\r\n"
+                )?;
+            }
+        }
         let state = std::mem::replace(&mut self.state, State::NotAuthenticated);
         let State::Authenticated(user) = state else { unreachable!("closed above") };
         debug!("{} imap select mailbox={} messages={}", self.sid, printable(&name), sel.exists());

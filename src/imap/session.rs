@@ -81,6 +81,7 @@ pub(super) type Done = Result<String, ImapError>;
 impl<'a> Session<'a> {
     pub fn new(conn: Conn, ctx: &'a Context, sid: String) -> Session<'a> {
         let config = ctx.config();
+        let parse_limits = ParseLimits { max_depth: config.imap_max_nesting as usize };
         let frame_limits = frame::Limits {
             max_line: config.imap_max_line_length as usize,
             max_literal: config.imap_max_literal,
@@ -97,7 +98,7 @@ impl<'a> Session<'a> {
             logout: false,
             answered: false,
             frame_limits,
-            parse_limits: ParseLimits::default(),
+            parse_limits,
         }
     }
 

@@ -25,9 +25,11 @@ use crate::net::conn::Via;
 use crate::server::Context;
 
 /// Stack of a session thread. Only the pages a session touches become
-/// resident; this bounds the deepest call chain (TLS handshake, password
-/// hashing, mbox parsing), which was measured to use well under half.
-pub const SESSION_STACK: usize = 256 * 1024;
+/// resident, so a large reservation costs address space, not memory. It
+/// bounds the deepest call chain: TLS handshake, password hashing, and
+/// IMAP commands nested `imap-max-nesting` (at most 100) deep, which an
+/// unoptimised build handles up to about 200 levels in this much.
+pub const SESSION_STACK: usize = 1024 * 1024;
 
 /// Backlog of a listening socket (the kernel caps it at somaxconn).
 const BACKLOG: libc::c_int = 128;
