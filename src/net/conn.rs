@@ -370,6 +370,19 @@ impl Read for Conn {
 
 impl Write for Conn {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        // A large piece (a FETCH batch of message bodies) goes straight
+        // out after what is buffered, without another copy.
+        if buf.len() >= WRITE_HIGH {
+            if !self.wbuf.is_empty() {
+                self.write_out()?;
+            }
+            match &mut self.stream {
+                Stream::Plain(s) => s.write_all(buf)?,
+                Stream::Tls(s) => s.write_all(buf)?,
+                Stream::Closed => return Err(closed()),
+            }
+            return Ok(buf.len());
+        }
         self.wbuf.extend_from_slice(buf);
         if self.wbuf.len() >= WRITE_HIGH {
             self.write_out()?;
