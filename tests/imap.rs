@@ -706,3 +706,90 @@ fn nesting_is_bounded_and_the_server_survives() {
     assert_eq!(r.lines(), vec!["* SEARCH"]);
     a.cmd("NOOP").assert_ok();
 }
+
+#[test]
+fn a_recreated_mailbox_never_reuses_uids() {
+    let t = Tmp::new();
+    let s = server_with(&t, &[], "");
+    let mut a = s.imap("alice");
+    a.cmd("CREATE Box").assert_ok();
+    let r = a.append("Box", "", b"Subject: one\r\n\r\n1\r\n");
+    let first = r.status.clone();
+    assert!(first.starts_with("OK [APPENDUID "), "{first}");
+    a.cmd("DELETE Box").assert_ok();
+    a.cmd("CREATE Box").assert_ok();
+    let r = a.append("Box", "", b"Subject: two\r\n\r\n2\r\n");
+    let uv = |st: &str| st.split(' ').nth(2).unwrap().to_string();
+    assert_ne!(uv(&r.status), uv(&first), "same UIDVALIDITY after DELETE and CREATE: {} / {first}", r.status);
+    // Renamed away and made again: the same.
+    a.cmd("RENAME Box Old").assert_ok();
+    a.cmd("CREATE Box").assert_ok();
+    let r2 = a.append("Box", "", b"Subject: three\r\n\r\n3\r\n");
+    assert_ne!(uv(&r2.status), uv(&r.status));
+    // The renamed mailbox kept its UIDVALIDITY and its message.
+    let st = a.cmd("STATUS Old (MESSAGES UIDVALIDITY)");
+    assert_eq!(st.text(), format!("* STATUS Old (MESSAGES 1 UIDVALIDITY {})\r\n", uv(&r.status)));
+}
+
+#[test]
+fn lsub_lists_unsubscribed_parents_as_noselect() {
+    let t = Tmp::new();
+    let s = server_with(&t, &[], "special-use none\n");
+    let mut a = s.imap("alice");
+    for m in ["top/a/x", "top/b"] {
+        a.cmd(&format!("CREATE {m}")).assert_ok();
+        a.cmd(&format!("SUBSCRIBE {m}")).assert_ok();
+    }
+    let r = a.cmd("LSUB \"\" top/%");
+    let mut lines = r.lines();
+    lines.sort();
+    assert_eq!(lines, vec!["* LSUB () \"/\" top/b", "* LSUB (\\Noselect) \"/\" top/a"]);
+    assert_eq!(a.cmd("LSUB \"\" %").lines(), vec!["* LSUB (\\Noselect) \"/\" top"]);
+    // Not modified UTF-7: a name that cannot exist, so NO rather than BAD.
+    assert!(a.cmd("SELECT \"&Jjo\"").status.starts_with("NO [CANNOT]"));
+}
+
+#[test]
+fn imap_sessions_expunging_inbox_at_once_take_turns() {
+    let t = Tmp::new();
+    let names: Vec<String> = (0..40).map(|i| format!("e{i}")).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let s = server_with(&t, &ids(&refs), "");
+    let port = s.imap;
+    let handles: Vec<_> = (0..4)
+        .map(|w| {
+            std::thread::spawn(move || {
+                let mut c = Imap::login(port, "alice");
+                c.cmd("SELECT INBOX").assert_ok();
+                let mut statuses = Vec::new();
+                for i in 0..10 {
+                    let uid = w * 10 + i + 1;
+                    c.cmd(&format!("UID STORE {uid} +FLAGS.SILENT (\\Deleted)")).assert_ok();
+                    statuses.push(c.cmd("EXPUNGE").status);
+                }
+                statuses
+            })
+        })
+        .collect();
+    for h in handles {
+        for st in h.join().unwrap() {
+            assert_eq!(st, "OK Expunge completed.");
+        }
+    }
+    assert!(on_disk(&s.spool("alice")).is_empty());
+}
+
+#[test]
+fn first_logins_at_once_subscribe_every_special_use_folder() {
+    let t = Tmp::new();
+    let s = server_with(&t, &[], "");
+    let port = s.imap;
+    let handles: Vec<_> = (0..8).map(|_| std::thread::spawn(move || Imap::login(port, "bob"))).collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    let mut b = s.imap("bob");
+    let mut lines = b.cmd("LSUB \"\" *").lines();
+    lines.sort();
+    assert_eq!(lines, ["Archive", "Drafts", "Junk", "Sent", "Trash"].map(|f| format!("* LSUB () \"/\" {f}")).to_vec());
+}

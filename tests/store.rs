@@ -230,6 +230,7 @@ fn outside_rewrite_is_matched_by_uid() {
         mb.append(c, Flags::empty(), &[], None, "x").unwrap();
     }
     let before = contents(&mb);
+    let uv = mb.uidvalidity();
     // Another program removes message 2 and marks 3 seen, rewriting the
     // file in place (as mutt does).
     let disk = fs::read_to_string(&p).unwrap();
@@ -241,10 +242,37 @@ fn outside_rewrite_is_matched_by_uid() {
     fs::write(&p, new).unwrap();
     let ev = mb.refresh().unwrap();
     assert_eq!(ev, vec![Event::Expunged(vec![2]), Event::Flags(vec![3])]);
-    assert_eq!(mb.uidvalidity(), mb.uidvalidity());
+    assert_eq!(mb.uidvalidity(), uv);
     let want: Vec<_> = before.into_iter().filter(|(u, _)| *u != 2).collect();
     assert_eq!(contents(&mb), want);
     assert!(mb.messages()[1].flags.contains(Flags::SEEN));
+}
+
+#[test]
+fn losing_the_first_message_keeps_uidvalidity_and_never_reuses_uids() {
+    let t = Tmp::new();
+    let p = t.path("box");
+    let mut mb = open(&p);
+    for c in corpus().iter().take(3) {
+        mb.append(c, Flags::empty(), &[], None, "x").unwrap();
+    }
+    let uv = mb.uidvalidity();
+    // Another program deletes messages 1 (which carries X-IMAPbase) and
+    // 3; message 2 keeps its X-UID.
+    let disk = fs::read_to_string(&p).unwrap();
+    let starts: Vec<usize> = disk.match_indices("From x ").map(|(i, _)| i).collect();
+    fs::write(&p, &disk[starts[1]..starts[2]]).unwrap();
+    let ev = mb.refresh().unwrap();
+    assert_eq!(ev, vec![Event::Expunged(vec![1, 3])]);
+    assert_eq!(mb.uidvalidity(), uv);
+    let (uid, _) = mb.append(b"Subject: new\r\n\r\nnew\r\n", Flags::empty(), &[], None, "x").unwrap();
+    assert_eq!(uid, 4, "UID 3 must never come back under the same UIDVALIDITY");
+    let ids: Vec<u32> = mb.messages().iter().map(|m| m.uid).collect();
+    assert_eq!(ids, vec![2, 4]);
+    drop(mb);
+    // A fresh open reads the base written with the append.
+    let mb = open(&p);
+    assert_eq!((mb.uidvalidity(), mb.uidnext()), (uv, 5));
 }
 
 #[test]

@@ -24,9 +24,15 @@ use crate::store::{Flags, Shared, StoreError};
 /// Sent at most this many subscriptions (a bound on a file users can edit).
 const MAX_SUBSCRIPTIONS: usize = 10_000;
 
+/// A name that is valid IMAP syntax but not modified UTF-7 names no
+/// mailbox: NO, as for any other name that can't exist (BAD is for syntax).
+fn bad_name() -> ImapError {
+    ImapError::No(Some("CANNOT"), "Invalid mailbox name: not modified UTF-7.".into())
+}
+
 /// A decoded mailbox name: UTF-8, INBOX spelled `INBOX`, no trailing `/`.
 pub(super) fn decode_name(wire: &str) -> Result<String, ImapError> {
-    let utf8 = names::mutf7_decode(wire).map_err(|_| ImapError::bad("Invalid modified UTF-7 in mailbox name."))?;
+    let utf8 = names::mutf7_decode(wire).map_err(|_| bad_name())?;
     // Thunderbird sends names with a trailing separator.
     let trimmed = utf8.strip_suffix('/').unwrap_or(&utf8);
     if names::is_inbox(trimmed) {
@@ -64,10 +70,26 @@ impl User {
         }
     }
 
-    /// Writes the list whole, to a temporary file renamed over the old one.
+    /// Changes the subscription list: read, change, write whole to a
+    /// temporary file renamed over the old one. Sessions of this process
+    /// take turns, so that two first logins of one user lose nothing.
+    pub(super) fn update_subscriptions(&self, change: impl FnOnce(&mut Vec<String>)) -> Result<(), ImapError> {
+        static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _turn = TURN.lock().unwrap_or_else(|p| p.into_inner());
+        let old = self.subscriptions();
+        let mut subs = old.clone();
+        change(&mut subs);
+        if subs == old {
+            return Ok(());
+        }
+        self.save_subscriptions(&subs)
+    }
+
     fn save_subscriptions(&self, subs: &[String]) -> Result<(), ImapError> {
+        static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let path = self.subscriptions_path();
-        let tmp = self.root.dir.join(format!(".subscriptions.tmp.{}", std::process::id()));
+        let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = self.root.dir.join(format!(".subscriptions.tmp.{}.{n}", std::process::id()));
         let mut text = String::new();
         for s in subs {
             text.push_str(s);
@@ -76,6 +98,9 @@ impl User {
         let res = std::fs::create_dir_all(&self.root.dir)
             .and_then(|_| std::fs::write(&tmp, text.as_bytes()))
             .and_then(|_| std::fs::rename(&tmp, &path));
+        if res.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
         res.map_err(|e| ImapError::Store(StoreError::io(format!("writing {}", path.display()), e)))
     }
 }
@@ -109,8 +134,7 @@ impl Session<'_> {
         if self.config.special_use.is_empty() {
             return;
         }
-        let mut subs = user.subscriptions();
-        let mut changed = false;
+        let mut created = Vec::new();
         for su in &self.config.special_use {
             let Ok(path) = user.root.resolve(&su.folder) else { continue };
             if !path.exists() {
@@ -118,19 +142,25 @@ impl Session<'_> {
                     Ok(()) => {
                         info!("{} imap special-use-created user={} folder={}", self.sid, user.account.name, su.folder)
                     }
+                    // Another session of the same user made it meanwhile.
+                    Err(StoreError::AlreadyExists(_)) => {}
                     Err(e) => {
                         warn!("{} imap special-use-failed folder={} {e}", self.sid, su.folder);
                         continue;
                     }
                 }
-                if !subs.iter().any(|s| s == &su.folder) {
-                    subs.push(su.folder.clone());
-                    changed = true;
-                }
+                created.push(su.folder.clone());
             }
         }
-        if changed {
-            if let Err(e) = user.save_subscriptions(&subs) {
+        if !created.is_empty() {
+            let res = user.update_subscriptions(|subs| {
+                for f in created {
+                    if !subs.contains(&f) {
+                        subs.push(f);
+                    }
+                }
+            });
+            if let Err(e) = res {
                 warn!("{} imap subscriptions-failed {e}", self.sid);
             }
         }
@@ -171,7 +201,7 @@ impl Session<'_> {
     }
 
     pub(super) fn cmd_create(&mut self, wire: &str) -> Done {
-        let utf8 = names::mutf7_decode(wire).map_err(|_| ImapError::bad("Invalid modified UTF-7 in mailbox name."))?;
+        let utf8 = names::mutf7_decode(wire).map_err(|_| bad_name())?;
         if names::is_inbox(utf8.trim_end_matches('/')) {
             return Err(ImapError::No(Some("ALREADYEXISTS"), "Mailbox already exists.".into()));
         }
@@ -190,7 +220,11 @@ impl Session<'_> {
                 self.close_mailbox();
             }
         }
+        let canonical = std::fs::canonicalize(&path).ok();
         self.user().root.delete(&name)?;
+        if let Some(c) = canonical {
+            self.ctx.registry.forget(&c);
+        }
         Ok("Delete completed.".into())
     }
 
@@ -203,26 +237,22 @@ impl Session<'_> {
             self.rename_inbox(&to)?;
             return Ok("Rename completed.".into());
         }
+        let canonical = std::fs::canonicalize(self.user().path_of(&from)?).ok();
         self.user().root.rename(&from, &to)?;
-        // Subscriptions follow the mailbox and what is below it.
-        let user = self.user();
-        let subs = user.subscriptions();
-        let prefix = format!("{from}/");
-        let renamed: Vec<String> = subs
-            .iter()
-            .map(|s| {
-                if *s == from {
-                    to.clone()
-                } else if let Some(rest) = s.strip_prefix(&prefix) {
-                    format!("{to}/{rest}")
-                } else {
-                    s.clone()
-                }
-            })
-            .collect();
-        if renamed != subs {
-            user.save_subscriptions(&renamed)?;
+        if let Some(c) = canonical {
+            self.ctx.registry.forget(&c);
         }
+        // Subscriptions follow the mailbox and what is below it.
+        let prefix = format!("{from}/");
+        self.user().update_subscriptions(|subs| {
+            for s in subs.iter_mut() {
+                if *s == from {
+                    *s = to.clone();
+                } else if let Some(rest) = s.strip_prefix(&prefix) {
+                    *s = format!("{to}/{rest}");
+                }
+            }
+        })?;
         Ok("Rename completed.".into())
     }
 
@@ -251,15 +281,14 @@ impl Session<'_> {
             // Refuse names that could never be mailboxes.
             user.root.resolve(&name)?;
         }
-        let mut subs = user.subscriptions();
-        let had = subs.contains(&name);
-        if subscribe && !had {
-            subs.push(name);
-            user.save_subscriptions(&subs)?;
-        } else if !subscribe && had {
-            subs.retain(|s| *s != name);
-            user.save_subscriptions(&subs)?;
-        }
+        user.update_subscriptions(|subs| {
+            let had = subs.contains(&name);
+            if subscribe && !had {
+                subs.push(name);
+            } else if !subscribe && had {
+                subs.retain(|s| *s != name);
+            }
+        })?;
         Ok(if subscribe { "Subscribe completed.".into() } else { "Unsubscribe completed.".into() })
     }
 
@@ -338,15 +367,38 @@ impl Session<'_> {
         }
         let user = self.user();
         let p = full_pattern(reference, pattern)?;
+        let subs = user.subscriptions();
         let mut out = Vec::new();
-        for s in user.subscriptions() {
-            let wire = names::mutf7_encode(&s);
-            if !(matches(&p, wire.as_bytes()) || inbox_match(&p, &s)) {
+        let mut parents: Vec<String> = Vec::new();
+        for s in &subs {
+            let wire = names::mutf7_encode(s);
+            if !(matches(&p, wire.as_bytes()) || inbox_match(&p, s)) {
+                // RFC 3501 §6.3.9: with `%`, a parent that is not subscribed
+                // itself is listed \Noselect when a child below it is.
+                let mut prefix = String::new();
+                for part in s.split('/') {
+                    if !prefix.is_empty() {
+                        prefix.push('/');
+                    }
+                    prefix.push_str(part);
+                    if prefix.len() < s.len()
+                        && !subs.contains(&prefix)
+                        && !parents.contains(&prefix)
+                        && matches(&p, names::mutf7_encode(&prefix).as_bytes())
+                    {
+                        parents.push(prefix.clone());
+                    }
+                }
                 continue;
             }
-            let selectable = s == "INBOX" || user.root.resolve(&s).is_ok_and(|p| p.is_file());
+            let selectable = s == "INBOX" || user.root.resolve(s).is_ok_and(|p| p.is_file());
             out.extend_from_slice(if selectable { b"* LSUB () \"/\" " } else { b"* LSUB (\\Noselect) \"/\" " });
             response::astring(&mut out, wire.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        for parent in parents {
+            out.extend_from_slice(b"* LSUB (\\Noselect) \"/\" ");
+            response::astring(&mut out, names::mutf7_encode(&parent).as_bytes());
             out.extend_from_slice(b"\r\n");
         }
         self.conn.write_all(&out)?;

@@ -4,6 +4,7 @@
 //! FETCH is in `fetch.rs`.
 
 use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use log::debug;
@@ -163,23 +164,12 @@ impl Content for Lazy<'_> {
 }
 
 impl Session<'_> {
-    /// The POP3 maildrop lock while expunging INBOX: POP message numbers
-    /// must not change under a POP client (DESIGN.md, locking).
-    fn pop_guard(&self) -> Result<Option<SessionLock>, ImapError> {
-        let sel = match &self.state {
-            super::session::State::Selected(_, s) => s,
-            _ => return Ok(None),
-        };
-        if !sel.is_inbox {
-            return Ok(None);
-        }
-        match SessionLock::try_acquire(&self.user().root.inbox, &self.config.state_dir) {
-            Ok(l) => Ok(Some(l)),
-            Err(StoreError::InUse(_)) => Err(ImapError::No(
-                Some("INUSE"),
-                "Mailbox is in use by a POP3 session; messages can't be expunged until it ends.".into(),
-            )),
-            Err(e) => Err(e.into()),
+    /// The INBOX file when INBOX is selected: expunges there need the
+    /// POP3 maildrop lock.
+    fn selected_inbox(&self) -> Option<PathBuf> {
+        match &self.state {
+            super::session::State::Selected(u, s) if s.is_inbox => Some(u.root.inbox.clone()),
+            _ => None,
         }
     }
 
@@ -194,10 +184,12 @@ impl Session<'_> {
     pub(super) fn cmd_close(&mut self, expunge: bool) -> Done {
         let mut text = if expunge { "Close completed." } else { "Unselect completed." };
         if expunge && !self.selected().read_only {
-            match self.pop_guard() {
+            let inbox = self.selected_inbox();
+            let state_dir = self.config.state_dir.clone();
+            let sel = self.selected();
+            let mut mb = sel.shared.write();
+            match pop_guard(inbox.as_deref(), &state_dir) {
                 Ok(_guard) => {
-                    let sel = self.selected();
-                    let mut mb = sel.shared.write();
                     let uids = deleted_uids(&mb, &sel.uids, None);
                     if !uids.is_empty() {
                         let events = mb.expunge(&uids)?;
@@ -218,7 +210,8 @@ impl Session<'_> {
         if self.selected().read_only {
             return Err(ImapError::No(Some("READ-ONLY"), "Mailbox is read-only.".into()));
         }
-        let _guard = self.pop_guard()?;
+        let inbox = self.selected_inbox();
+        let state_dir = self.config.state_dir.clone();
         let sel = self.selected();
         let within = match set {
             Some(s) => Some(sel.resolve(s, true)?.into_iter().map(|p| p.1).collect::<Vec<u32>>()),
@@ -228,6 +221,7 @@ impl Session<'_> {
             // Chosen and removed under one lock: a flag another session
             // clears meanwhile is respected.
             let mut mb = sel.shared.write();
+            let _guard = pop_guard(inbox.as_deref(), &state_dir)?;
             let uids = deleted_uids(&mb, &sel.uids, within.as_deref());
             mb.expunge(&uids)?
         };
@@ -289,9 +283,9 @@ impl Session<'_> {
         }
         line.push_str("\r\n");
         self.conn.write_all(line.as_bytes())?;
-        if expunged {
-            return Err(ImapError::No(Some("EXPUNGEISSUED"), "Some messages were expunged meanwhile.".into()));
-        }
+        // Messages expunged meanwhile are simply not found (as other
+        // servers answer; a NO here would alarm clients for nothing).
+        let _ = expunged;
         Ok("Search completed.".into())
     }
 
@@ -368,9 +362,10 @@ impl Session<'_> {
             sel.sub.publish_to_others(&[Event::Flags(changed)]);
         }
         shared.publish(&flushed);
-        if missing && !uid {
-            return Err(ImapError::No(Some("EXPUNGEISSUED"), "Some of the messages no longer exist.".into()));
-        }
+        // Messages expunged by another session meanwhile keep no flags:
+        // nothing to do for them, and nothing to complain about (RFC 3501
+        // §7.4.1 leaves it open; other servers answer OK).
+        let _ = missing;
         Ok("Store completed.".into())
     }
 
@@ -382,7 +377,10 @@ impl Session<'_> {
         if moving && self.selected().read_only {
             return Err(ImapError::No(Some("READ-ONLY"), "Mailbox is read-only.".into()));
         }
-        let _guard = if moving { self.pop_guard()? } else { None };
+        let inbox = if moving { self.selected_inbox() } else { None };
+        let state_dir = self.config.state_dir.clone();
+        // Refuse early what would be refused after the copy.
+        drop(pop_guard(inbox.as_deref(), &state_dir)?);
         let sel = self.selected();
         let src = Arc::clone(&sel.shared);
         let uids: Vec<u32> = {
@@ -405,12 +403,43 @@ impl Session<'_> {
         if !moving {
             return Ok(format!("[{code}] Copy completed."));
         }
-        write!(self.conn, "* OK [{code}] Moved UIDs.\r\n")?;
         let moved: Vec<u32> = pairs.iter().map(|p| p.0).collect();
-        let events = src.write().expunge(&moved)?;
+        let events = {
+            let mut mb = src.write();
+            match pop_guard(inbox.as_deref(), &state_dir) {
+                Ok(_guard) => mb.expunge(&moved)?,
+                Err(e) => {
+                    // A POP3 session began during the copy: take the
+                    // copies back rather than leave the messages twice.
+                    drop(mb);
+                    let copies: Vec<u32> = pairs.iter().map(|p| p.1).collect();
+                    let ev = dst.write().expunge(&copies)?;
+                    dst.publish(&ev);
+                    return Err(e);
+                }
+            }
+        };
+        write!(self.conn, "* OK [{code}] Moved UIDs.\r\n")?;
         src.publish(&events);
         self.stats.expunged += moved.len() as u64;
         Ok("Move completed.".into())
+    }
+}
+
+/// The POP3 maildrop lock of INBOX for the moment of an expunge: POP3
+/// message numbers must not change under a POP3 client (DESIGN.md,
+/// locking). Taken while holding the mailbox's write lock, so that two
+/// IMAP sessions of this process expunging at once take turns rather than
+/// see each other as a POP3 session.
+fn pop_guard(inbox: Option<&Path>, state_dir: &Path) -> Result<Option<SessionLock>, ImapError> {
+    let Some(inbox) = inbox else { return Ok(None) };
+    match SessionLock::try_acquire(inbox, state_dir) {
+        Ok(l) => Ok(Some(l)),
+        Err(StoreError::InUse(_)) => Err(ImapError::No(
+            Some("INUSE"),
+            "Mailbox is in use by a POP3 session; messages can't be expunged until it ends.".into(),
+        )),
+        Err(e) => Err(e.into()),
     }
 }
 

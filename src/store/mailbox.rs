@@ -364,9 +364,19 @@ impl Mailbox {
                 }
                 None => {
                     // The base is lost (new mailbox, or a tool deleted the
-                    // first message): keep the UIDVALIDITY we knew, if any.
-                    self.uidvalidity = keep_uidvalidity.filter(|&v| v != 0).unwrap_or_else(new_uidvalidity);
-                    self.uidnext = 1;
+                    // first message): keep the UIDVALIDITY we knew, if any,
+                    // and then the UIDNEXT too, so that no UID is given out
+                    // twice under one UIDVALIDITY (RFC 3501 §2.3.1.1).
+                    match keep_uidvalidity.filter(|&v| v != 0) {
+                        Some(v) => {
+                            self.uidvalidity = v;
+                            self.uidnext = self.uidnext.max(1);
+                        }
+                        None => {
+                            self.uidvalidity = new_uidvalidity();
+                            self.uidnext = 1;
+                        }
+                    }
                     self.keywords.clear();
                 }
             }

@@ -244,6 +244,15 @@ impl Registry {
         Ok(shared)
     }
 
+    /// Forgets the mailboxes at `path` and below it (a mailbox deleted or
+    /// renamed): the next open indexes whatever file then has the name,
+    /// and a new mailbox gets a new UIDVALIDITY. `path` is canonical, as
+    /// taken before the change. Sessions that have one open keep it.
+    pub fn forget(&self, path: &Path) {
+        self.map.lock().unwrap_or_else(|p| p.into_inner()).retain(|k, _| !k.starts_with(path));
+        self.warm.lock().unwrap_or_else(|p| p.into_inner()).retain(|s| !s.path.starts_with(path));
+    }
+
     /// How many mailboxes are open (for tests and statistics).
     pub fn open_count(&self) -> usize {
         self.map.lock().unwrap_or_else(|p| p.into_inner()).values().filter(|w| w.strong_count() > 0).count()
