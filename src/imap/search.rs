@@ -19,10 +19,12 @@
 //! - Header fields are compared unfolded, a fold being one space.
 //!   SUBJECT, FROM, TO, CC and BCC also take each run of spaces and tabs
 //!   as one space; HEADER takes the value as it is. FROM, TO, CC and BCC
-//!   match the decoded field text, so both display names and addresses.
-//!   (Dovecot squeezes only the field, not the search string, and matches
-//!   address fields as rewritten from their parsed addresses, so it does
-//!   not find comment parentheses.)
+//!   match the decoded field text, so both display names and addresses,
+//!   and the same text without comments, as ENVELOPE reads the address
+//!   (`<a (x)@ (y) b.org>` is found as `a@b.org`). (Dovecot squeezes only
+//!   the field, not the search string, and matches address fields as
+//!   rewritten from their parsed addresses, so it does not find comment
+//!   parentheses.)
 //! - An empty search string matches every message that has the header
 //!   field (`HEADER X-Foo ""` tests that the field exists); for BODY and
 //!   TEXT, every message.
@@ -455,6 +457,19 @@ impl<'c> Msg<'c, '_> {
             if needle.found_in(buf) {
                 return Ok(true);
             }
+            // Addresses also as ENVELOPE reads them: without comments and
+            // the spaces they leave around `@` (RFC 3501 defines FROM and
+            // the others over the envelope's address fields).
+            if is_address_field(name) {
+                let bare = without_comments(&value);
+                if bare != value {
+                    buf.clear();
+                    fold_into(buf, &bare);
+                    if needle.found_in(buf) {
+                        return Ok(true);
+                    }
+                }
+            }
         }
         Ok(false)
     }
@@ -478,6 +493,44 @@ impl<'c> Msg<'c, '_> {
         }
         Ok(&*self.scratch)
     }
+}
+
+fn is_address_field(name: &str) -> bool {
+    ["From", "To", "Cc", "Bcc"].iter().any(|n| n.eq_ignore_ascii_case(name))
+}
+
+/// An address header without RFC 5322 comments (nested, outside quoted
+/// strings), with white space squeezed and none left beside `@`.
+fn without_comments(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    let (mut depth, mut quoted, mut escaped) = (0usize, false, false);
+    for ch in v.chars() {
+        if escaped {
+            escaped = false;
+            if depth == 0 {
+                out.push(ch);
+            }
+            continue;
+        }
+        match ch {
+            '\\' => {
+                escaped = true;
+                if depth == 0 {
+                    out.push(ch);
+                }
+            }
+            '"' if depth == 0 => {
+                quoted = !quoted;
+                out.push(ch);
+            }
+            '(' if !quoted => depth += 1,
+            ')' if !quoted && depth > 0 => depth -= 1,
+            _ if depth > 0 => {}
+            c => out.push(c),
+        }
+    }
+    let squeezed: Vec<&str> = out.split_whitespace().collect();
+    squeezed.join(" ").replace(" @", "@").replace("@ ", "@")
 }
 
 fn is_named(f: &MailHeader, name: &str) -> bool {
@@ -895,6 +948,8 @@ X-Note: two  spaces
 Line one
 Line two
 ";
+    /// Comments inside an address, as RFC 5322 allows.
+    const COMMENTED: &str = "From: <user-from (comment)@ (comment) domain.org>\nTo: x@example.org\n\nBody.\n";
     /// Unlabelled 8-bit UTF-8 text (mailparse alone would read windows-1252).
     const UNLABELLED: &str = "Subject: x\n\nNaïve café.\n";
 
@@ -999,6 +1054,9 @@ Line two
             (K::To(s("carol")), ENC, c(), false),
             (K::To(s("alice example <")), SPACES, c(), true),
             (K::From(s("john  doe")), SPACES, c(), true),
+            (K::From(s("user-from@domain.org")), COMMENTED, c(), true),
+            (K::From(s("comment")), COMMENTED, c(), true),
+            (K::To(s("user-from@domain.org")), COMMENTED, c(), false),
             (K::Cc(s("carol c.")), ENC, c(), true),
             (K::Cc(s("alice")), ENC, c(), false),
             (K::Bcc(s("hidden@")), NODATE, c(), true),
