@@ -178,6 +178,8 @@ pub struct Server {
     child: Option<Child>,
     pid: i32,
     logs: Vec<PathBuf>,
+    /// Ready means greeted with `* OK` (IMAP) rather than `+OK` (POP3).
+    imap: bool,
 }
 
 impl Server {
@@ -216,7 +218,7 @@ impl Server {
             .spawn()
             .map_err(|e| format!("starting postroomd: {e}"))?;
         let pid = child.id() as i32;
-        let mut s = Server { name: "postroom", port, child: Some(child), pid, logs: vec![log] };
+        let mut s = Server { name: "postroom", port, child: Some(child), pid, logs: vec![log], imap: false };
         s.wait_ready()?;
         Ok(s)
     }
@@ -302,7 +304,123 @@ impl Server {
             .map_err(|e| format!("starting {}: {e}", bin.display()))?;
         let pid = child.id() as i32;
         let name = if reuse { "Dovecot (reuse)" } else { "Dovecot" };
-        let mut s = Server { name, port, child: Some(child), pid, logs: vec![out, log] };
+        let mut s = Server { name, port, child: Some(child), pid, logs: vec![out, log], imap: false };
+        s.wait_ready()?;
+        Ok(s)
+    }
+
+    /// Starts postroomd for IMAP on a free port with the tree
+    /// [`postroom_tree`] made, its config in `postroom-imap.conf` (for
+    /// `postroom deliver` too). Fails when the server does not greet with
+    /// `* OK` (a postroomd without IMAP closes the connection).
+    #[allow(dead_code)] // The IMAP benchmark's; the POP3 one does not use it.
+    pub fn postroom_imap(dir: &Path, ids: &Ids, sessions: u32) -> Res<Server> {
+        let port = free_port()?;
+        let user = if ids.root { "user nobody\n" } else { "" };
+        let conf = format!(
+            "listen imap 127.0.0.1:{port}\n\
+             passwd-file passwd\n\
+             inbox spool/%u\n\
+             mail-dir mail/%u\n\
+             state-dir state\n\
+             hostname bench.example\n\
+             max-connections {sessions}\n\
+             max-connections-per-ip {sessions}\n\
+             log-level info\n\
+             {user}"
+        );
+        let path = dir.join("postroom-imap.conf");
+        write(&path, &conf)?;
+        if ids.root {
+            chown_tree(&path, ids.uid, ids.gid)?;
+        }
+        let log = dir.join("postroomd-imap.log");
+        let err = fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
+        let child = Command::new(env!("CARGO_BIN_EXE_postroomd"))
+            .arg("-f")
+            .arg(&path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(err)
+            .spawn()
+            .map_err(|e| format!("starting postroomd: {e}"))?;
+        let pid = child.id() as i32;
+        let mut s = Server { name: "postroom", port, child: Some(child), pid, logs: vec![log], imap: true };
+        s.wait_ready()?;
+        Ok(s)
+    }
+
+    /// Starts Dovecot for IMAP, configured as [`Server::dovecot`] configures
+    /// it for POP3 (its defaults: a login process per connection, an imap
+    /// process per session), with limits for `sessions` sessions of one
+    /// user from one address. The config goes to `dovecot-imap.conf` (for
+    /// dovecot-lda too).
+    #[allow(dead_code)] // The IMAP benchmark's; the POP3 one does not use it.
+    pub fn dovecot_imap(dir: &Path, ids: &Ids, sessions: u32) -> Res<Server> {
+        let bin = std::env::var_os("DOVECOT").map_or_else(|| PathBuf::from("/usr/sbin/dovecot"), PathBuf::from);
+        if !bin.exists() {
+            return Err(format!("{} is not installed (apt-get install dovecot-imapd)", bin.display()));
+        }
+        let port = free_port()?;
+        let d = dir.display();
+        let (limit, clients) = (sessions + 100, 4 * sessions + 1000);
+        let mut c = format!(
+            "protocols = imap\n\
+             listen = 127.0.0.1\n\
+             base_dir = {d}/run\n\
+             state_dir = {d}/state\n\
+             instance_name = postroom-bench-{port}\n\
+             log_path = {d}/dovecot.log\n\
+             ssl = no\n\
+             disable_plaintext_auth = no\n\
+             auth_mechanisms = plain\n\
+             first_valid_uid = {}\n\
+             last_valid_uid = 0\n\
+             first_valid_gid = {}\n\
+             mail_location = mbox:~/mail:INBOX=~/inbox\n\
+             mbox_write_locks = fcntl\n\
+             mbox_read_locks = fcntl\n\
+             mail_max_userip_connections = {limit}\n\
+             default_process_limit = {limit}\n\
+             default_client_limit = {clients}\n\
+             default_vsz_limit = 4G\n\
+             postmaster_address = postmaster@bench.example\n\
+             passdb {{\n  driver = passwd-file\n  args = scheme=PLAIN username_format=%u {d}/passwd\n}}\n\
+             userdb {{\n  driver = static\n  args = uid={} gid={} home={d}/home/%u\n}}\n\
+             service imap-login {{\n  process_limit = {limit}\n  client_limit = {clients}\n  inet_listener imap {{\n    address = 127.0.0.1\n    port = {port}\n  }}\n  inet_listener imaps {{\n    port = 0\n  }}\n}}\n\
+             service imap {{\n  process_limit = {limit}\n}}\n\
+             protocol imap {{\n  mail_max_userip_connections = {limit}\n}}\n",
+            ids.uid.min(100),
+            ids.gid.min(1),
+            ids.uid,
+            ids.gid,
+        );
+        if !ids.root {
+            c.push_str(&format!(
+                "default_internal_user = {u}\ndefault_internal_group = {g}\ndefault_login_user = {u}\n\
+                 service anvil {{\n  chroot =\n}}\nservice imap-login {{\n  chroot =\n}}\n",
+                u = ids.user,
+                g = ids.group
+            ));
+        }
+        let conf = dir.join("dovecot-imap.conf");
+        write(&conf, &c)?;
+        let out = dir.join("dovecot.stdout");
+        let log = dir.join("dovecot.log");
+        let _ = fs::remove_file(&log);
+        let f = fs::File::create(&out).map_err(|e| format!("{}: {e}", out.display()))?;
+        let f2 = f.try_clone().map_err(|e| e.to_string())?;
+        let child = Command::new(&bin)
+            .arg("-F")
+            .arg("-c")
+            .arg(&conf)
+            .stdin(Stdio::null())
+            .stdout(f)
+            .stderr(f2)
+            .spawn()
+            .map_err(|e| format!("starting {}: {e}", bin.display()))?;
+        let pid = child.id() as i32;
+        let mut s = Server { name: "Dovecot", port, child: Some(child), pid, logs: vec![out, log], imap: true };
         s.wait_ready()?;
         Ok(s)
     }
@@ -323,6 +441,9 @@ impl Server {
                 }
             }
             if TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok() {
+                if self.imap {
+                    return imap_greeting(self.name(), addr);
+                }
                 // The probe is answered and dropped; a real greeting must follow.
                 let p = super::client::Pop3::connect(self.name(), self.port, 512)?;
                 drop(p);
@@ -461,6 +582,29 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// Reads an IMAP greeting from `addr`: a line that starts `* OK`.
+fn imap_greeting(name: &str, addr: SocketAddr) -> Res<()> {
+    use std::io::Read;
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .map_err(|e| format!("{name}: connect to {addr}: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
+    let mut line = Vec::new();
+    let mut b = [0u8; 256];
+    while !line.contains(&b'\n') && line.len() < 4096 {
+        match s.read(&mut b) {
+            Ok(0) => break,
+            Ok(n) => line.extend_from_slice(&b[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(format!("{name}: no IMAP greeting on {addr}: {e}")),
+        }
+    }
+    if line.starts_with(b"* OK") {
+        Ok(())
+    } else {
+        Err(format!("{name}: no IMAP greeting on {addr} (got {:?})", String::from_utf8_lossy(&line)))
     }
 }
 

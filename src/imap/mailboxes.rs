@@ -182,11 +182,20 @@ impl Session<'_> {
         }
         let shared = self.ctx.registry.open(&path, &self.ctx.store_options(), is_inbox)?;
         let sel = Selected::open(name.clone(), shared, read_only, is_inbox, &mut self.conn)?;
-        if is_inbox && !read_only {
+        if is_inbox
+            && !read_only
+            && crate::store::lock::SessionLock::may_be_held(&self.user().root.inbox, &self.config.state_dir)
+        {
             // Tell the user why deletions will wait (RFC 3501 §7.1 ALERT).
-            if let Err(StoreError::InUse(_)) =
-                crate::store::lock::SessionLock::try_acquire(&self.user().root.inbox, &self.config.state_dir)
-            {
+            // Looked at under the write lock, as IMAP expunges take the
+            // POP3 lock, so that this look never gets in their way.
+            let pop_holds_it = {
+                let _w = sel.shared.write();
+                let probe =
+                    crate::store::lock::SessionLock::try_acquire(&self.user().root.inbox, &self.config.state_dir);
+                matches!(probe, Err(StoreError::InUse(_)))
+            };
+            if pop_holds_it {
                 write!(
                     self.conn,
                     "* OK [ALERT] A POP3 session is reading this mailbox; deleted messages stay until it ends.\r\n"

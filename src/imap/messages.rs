@@ -189,10 +189,12 @@ impl Session<'_> {
             let sel = self.selected();
             let mut mb = sel.shared.write();
             match pop_guard(inbox.as_deref(), &state_dir) {
-                Ok(_guard) => {
+                Ok(guard) => {
                     let uids = deleted_uids(&mb, &sel.uids, None);
                     if !uids.is_empty() {
                         let events = mb.expunge(&uids)?;
+                        // The POP3 lock goes before the mailbox lock.
+                        drop(guard);
                         drop(mb);
                         sel.sub.publish_to_others(&events);
                         self.stats.expunged += uids.len() as u64;
@@ -379,9 +381,13 @@ impl Session<'_> {
         }
         let inbox = if moving { self.selected_inbox() } else { None };
         let state_dir = self.config.state_dir.clone();
-        // Refuse early what would be refused after the copy.
-        drop(pop_guard(inbox.as_deref(), &state_dir)?);
         let sel = self.selected();
+        if inbox.is_some() {
+            // Refuse early what would be refused after the copy (under the
+            // write lock, as every holder of the POP3 lock here does).
+            let _w = sel.shared.write();
+            drop(pop_guard(inbox.as_deref(), &state_dir)?);
+        }
         let src = Arc::clone(&sel.shared);
         let uids: Vec<u32> = {
             let mb = src.read();

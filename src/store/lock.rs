@@ -533,6 +533,15 @@ impl SessionLock {
         Ok(lock)
     }
 
+    /// A cheap look, without taking anything: false when no session of
+    /// this process holds the lock of `mbox` and no lock file exists (so
+    /// no process holds it). True means it may be held: ask
+    /// [`try_acquire`](Self::try_acquire) to know.
+    pub fn may_be_held(mbox: &Path, state_dir: &Path) -> bool {
+        let Ok(keys) = session_keys(mbox) else { return true };
+        keys.iter().any(|k| sessions().contains(k) || state_dir.join(k).exists())
+    }
+
     /// The mbox this lock is for.
     pub fn mailbox(&self) -> &Path {
         &self.mbox
