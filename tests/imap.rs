@@ -397,6 +397,13 @@ fn mailbox_management_list_and_subscriptions() {
     assert!(!r.text().contains("2024"));
     let r = a.cmd("LIST Projects/ %");
     assert_eq!(r.text(), "* LIST (\\HasNoChildren) \"/\" Projects/2024\r\n");
+    // The reference is joined as it is (curl's `imap://host/INBOX`).
+    assert_eq!(a.cmd("LIST INBOX *").text(), "* LIST (\\HasNoChildren) \"/\" INBOX\r\n");
+    let r = a.cmd("LIST Projects *");
+    assert_eq!(
+        r.lines(),
+        vec!["* LIST (\\Noselect \\HasChildren) \"/\" Projects", "* LIST (\\HasNoChildren) \"/\" Projects/2024"]
+    );
     let r = a.cmd("LIST \"\" Projects/2024/");
     assert_eq!(r.text(), "* LIST (\\HasNoChildren) \"/\" Projects/2024\r\n");
     a.cmd("SELECT Projects/2024/").assert_ok();

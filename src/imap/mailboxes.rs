@@ -501,15 +501,15 @@ impl Session<'_> {
     }
 }
 
-/// Reference and pattern joined (RFC 3501 §6.3.8: the reference is
-/// prefixed, with a separator when it lacks one).
+/// Reference and pattern joined as they are (RFC 3501 §6.3.8; its
+/// examples end references with the separator). Joining without adding
+/// one is what other servers do and what clients expect: curl lists
+/// `imap://host/INBOX` as `LIST "INBOX" *` and wants INBOX back. A
+/// pattern that starts at the root (`/`) ignores the reference.
 fn full_pattern(reference: &str, pattern: &str) -> Result<Vec<u8>, ImapError> {
     let mut p = String::new();
-    if !reference.is_empty() && !pattern.starts_with('/') {
+    if !pattern.starts_with('/') {
         p.push_str(reference);
-        if !reference.ends_with('/') {
-            p.push('/');
-        }
     }
     p.push_str(pattern);
     // Thunderbird's trailing separator: "Folder/" lists "Folder".
@@ -589,7 +589,8 @@ mod tests {
         assert_eq!(decode_name("Sent/").unwrap(), "Sent");
         assert_eq!(decode_name("Entw&APw-rfe").unwrap(), "Entwürfe");
         assert!(decode_name("bad&Jjo").is_err());
-        assert_eq!(full_pattern("a", "%").unwrap(), b"a/%");
+        assert_eq!(full_pattern("a", "%").unwrap(), b"a%");
+        assert_eq!(full_pattern("INBOX", "*").unwrap(), b"INBOX*");
         assert_eq!(full_pattern("a/", "%").unwrap(), b"a/%");
         assert_eq!(full_pattern("", "Folder/").unwrap(), b"Folder");
         assert!(inbox_match(b"inbox", "INBOX"));

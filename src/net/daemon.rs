@@ -89,6 +89,17 @@ pub fn run(config: Config, opts: &Options) -> i32 {
         eprintln!("postroomd: {e}");
         return EX_CONFIG;
     }
+    let target_user = match privdrop::target(&config) {
+        Ok(u) => u,
+        Err(e) => return fail(EX_CONFIG, &e),
+    };
+    // Read (or created) while still root: the key may be readable by root
+    // alone. Before the ports are bound, so that a client that can connect
+    // finds the certificate in place.
+    let tls = match tls::load(&config, target_user.as_ref().map(|u| (u.uid, u.gid))) {
+        Ok(t) => t,
+        Err(e) => return fail(EX_CONFIG, &e),
+    };
     let listeners = match activation::listeners(&config) {
         Ok(Some(l)) => l,
         Ok(None) => match listen::bind(&config) {
@@ -98,17 +109,8 @@ pub fn run(config: Config, opts: &Options) -> i32 {
         Err(e) => return fail(EX_OSERR, &e),
     };
     if listeners.is_empty() {
-        return fail(EX_CONFIG, "nothing to serve: no pop3 or pop3s listener");
+        return fail(EX_CONFIG, "nothing to serve: no imap, imaps, pop3 or pop3s listener");
     }
-    let target_user = match privdrop::target(&config) {
-        Ok(u) => u,
-        Err(e) => return fail(EX_CONFIG, &e),
-    };
-    // Read (or created) while still root: the key may be readable by root alone.
-    let tls = match tls::load(&config, target_user.as_ref().map(|u| (u.uid, u.gid))) {
-        Ok(t) => t,
-        Err(e) => return fail(EX_CONFIG, &e),
-    };
     if let Some(user) = &target_user {
         prepare_dirs(&config, user);
         if let Err(e) = privdrop::switch_to(user) {
