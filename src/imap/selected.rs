@@ -67,18 +67,30 @@ impl Selected {
         // Subscribe first: nothing that happens after the snapshot is missed.
         let sub = shared.subscribe();
         let mut recent = Vec::new();
+        // Only a read-write session that finds recent messages changes
+        // anything; the others need only the shared lock.
+        let claims = !read_only && shared.read().messages().iter().any(|m| m.flags.contains(Flags::RECENT));
         let (uids, uidvalidity, uidnext, keywords, first_unseen) = {
-            let mut mb = shared.write();
-            for i in 0..mb.len() {
-                let m = &mb.messages()[i];
-                if m.flags.contains(Flags::RECENT) {
-                    recent.push(m.uid);
-                    if !read_only {
+            let mut w;
+            let r;
+            let mb: &Mailbox = if claims {
+                w = shared.write();
+                for i in 0..w.len() {
+                    let m = &w.messages()[i];
+                    if m.flags.contains(Flags::RECENT) {
+                        recent.push(m.uid);
                         let (f, k) = (m.flags.without(Flags::RECENT), m.keywords);
-                        mb.set_flags(i, f, k);
+                        w.set_flags(i, f, k);
                     }
                 }
-            }
+                &w
+            } else {
+                r = shared.read();
+                if read_only {
+                    recent = r.messages().iter().filter(|m| m.flags.contains(Flags::RECENT)).map(|m| m.uid).collect();
+                }
+                &r
+            };
             let uids: Vec<u32> = mb.messages().iter().map(|m| m.uid).collect();
             let first_unseen = mb.messages().iter().position(|m| !m.flags.contains(Flags::SEEN)).map(|p| p + 1);
             (uids, mb.uidvalidity(), mb.uidnext(), mb.keywords().to_vec(), first_unseen)
