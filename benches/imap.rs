@@ -64,6 +64,8 @@
 //! both servers serve mail as nobody.
 
 #[allow(dead_code)]
+mod common;
+#[allow(dead_code)]
 mod mboxgen;
 
 #[allow(dead_code)]
@@ -72,8 +74,6 @@ mod client;
 #[allow(dead_code)]
 #[path = "imap/client.rs"]
 mod imap_client;
-#[path = "imap/mail.rs"]
-mod mail;
 #[allow(dead_code)]
 #[path = "pop3/servers.rs"]
 mod servers;
@@ -82,12 +82,12 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use imap_client::{Imap, Res};
-use servers::{Ids, Kind, Mem, Server, User};
+use common::{env_flag, env_num, fig, load_average, mail, median, parallel, raise_nofile, Res, RunDir, Table};
+use imap_client::Imap;
+use servers::{dovecot_version, Ids, Kind, Mem, Server, User};
 
 const DIR: &str = "/tmp/postroom-bench-imap";
 const SEED: u64 = 0x696d_6170_6265_6e63;
@@ -129,12 +129,6 @@ struct Config {
 
 impl Config {
     fn from_env() -> Res<Config> {
-        let num = |name: &str, default: u64| -> Res<u64> {
-            match std::env::var(name) {
-                Ok(v) => v.trim().parse().map_err(|_| format!("{name}: not a number: {v}")),
-                Err(_) => Ok(default),
-            }
-        };
         let only: Vec<String> = match std::env::var("POSTROOM_BENCH_ONLY") {
             Ok(v) => v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect(),
             Err(_) => SECTIONS.iter().map(|s| s.to_string()).collect(),
@@ -143,119 +137,18 @@ impl Config {
             return Err(format!("POSTROOM_BENCH_ONLY: unknown section {bad} (known: {})", SECTIONS.join(",")));
         }
         Ok(Config {
-            messages: num("POSTROOM_BENCH_MESSAGES", 100_000)?.clamp(100, 1_000_000) as u32,
-            runs: num("POSTROOM_BENCH_RUNS", 5)?.clamp(1, 50) as usize,
-            rounds: num("POSTROOM_BENCH_ROUNDS", 20)?.clamp(1, IDLE_MESSAGES as u64) as usize,
-            idle: num("POSTROOM_BENCH_IDLE", 1000)?.clamp(1, 5000) as usize,
+            messages: env_num("POSTROOM_BENCH_MESSAGES", 100_000)?.clamp(100, 1_000_000) as u32,
+            runs: env_num("POSTROOM_BENCH_RUNS", 5)?.clamp(1, 50) as usize,
+            rounds: env_num("POSTROOM_BENCH_ROUNDS", 20)?.clamp(1, IDLE_MESSAGES as u64) as usize,
+            idle: env_num("POSTROOM_BENCH_IDLE", 1000)?.clamp(1, 5000) as usize,
             only,
-            keep: std::env::var("POSTROOM_BENCH_KEEP").is_ok_and(|v| v == "1"),
+            keep: env_flag("POSTROOM_BENCH_KEEP"),
         })
     }
 
     fn wants(&self, section: &str) -> bool {
         self.only.iter().any(|s| s == section)
     }
-}
-
-/// This run's directory, `DIR/run-PID`. Dropping it removes it (it is
-/// declared before the servers, so this happens after they have
-/// stopped), unless it is to be kept, and then `DIR` if nothing else is
-/// left in it.
-struct RunDir {
-    dir: PathBuf,
-    keep: bool,
-}
-
-impl RunDir {
-    /// Makes this run's directory; removes those of earlier runs whose
-    /// process is gone (a run that was killed).
-    fn create(keep: bool) -> Res<RunDir> {
-        let root = Path::new(DIR);
-        if let Ok(rd) = fs::read_dir(root) {
-            for e in rd.flatten() {
-                let name = e.file_name();
-                let pid = name.to_str().and_then(|n| n.strip_prefix("run-")).and_then(|p| p.parse::<u32>().ok());
-                if let Some(pid) = pid {
-                    if !Path::new(&format!("/proc/{pid}")).exists() {
-                        let _ = fs::remove_dir_all(e.path());
-                    }
-                }
-            }
-        }
-        let dir = root.join(format!("run-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        for d in [root, dir.as_path()] {
-            fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-                .map_err(|e| format!("{}: {e}", d.display()))?;
-        }
-        Ok(RunDir { dir, keep })
-    }
-}
-
-impl Drop for RunDir {
-    fn drop(&mut self) {
-        if self.keep {
-            eprintln!("imap bench: kept {}", self.dir.display());
-            return;
-        }
-        if let Err(e) = fs::remove_dir_all(&self.dir) {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                eprintln!("imap bench: removing {}: {e}", self.dir.display());
-            }
-        }
-        // Only if empty: another run may be using it.
-        let _ = fs::remove_dir(DIR);
-    }
-}
-
-/// Raises this process's descriptor limit (the servers inherit it) to
-/// the hard limit; fails if that is below `want`.
-fn raise_nofile(want: u64) -> Res<u64> {
-    let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: getrlimit writes the struct we pass.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } != 0 {
-        return Err(format!("getrlimit: {}", std::io::Error::last_os_error()));
-    }
-    if r.rlim_max < want {
-        return Err(format!("the descriptor limit is {} (hard); the benchmark needs {want}", r.rlim_max));
-    }
-    r.rlim_cur = r.rlim_max;
-    // SAFETY: setrlimit reads the struct we pass.
-    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &r) } != 0 {
-        return Err(format!("setrlimit: {}", std::io::Error::last_os_error()));
-    }
-    Ok(r.rlim_cur)
-}
-
-/// Runs `f(i)` for every `i` in `0..n` on `threads` threads; the first error wins.
-fn parallel<T: Send>(n: usize, threads: usize, f: impl Fn(usize) -> Res<T> + Sync) -> Res<Vec<T>> {
-    let next = AtomicUsize::new(0);
-    let failed = AtomicBool::new(false);
-    let out: Mutex<Vec<Option<T>>> = Mutex::new((0..n).map(|_| None).collect());
-    let first_err: Mutex<Option<String>> = Mutex::new(None);
-    std::thread::scope(|s| {
-        for _ in 0..threads.min(n).max(1) {
-            s.spawn(|| loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= n || failed.load(Ordering::Relaxed) {
-                    return;
-                }
-                match f(i) {
-                    Ok(v) => out.lock().unwrap()[i] = Some(v),
-                    Err(e) => {
-                        failed.store(true, Ordering::Relaxed);
-                        first_err.lock().unwrap().get_or_insert(e);
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    if let Some(e) = first_err.into_inner().unwrap() {
-        return Err(e);
-    }
-    out.into_inner().unwrap().into_iter().map(|v| v.ok_or_else(|| "a task did not run".to_string())).collect()
 }
 
 /// Where a server keeps one user's INBOX.
@@ -274,35 +167,8 @@ const NA: &str = "n/a";
 /// The start of the reason for figures of responses that are not valid.
 const INVALID: &str = "invalid: ";
 
-fn median(v: &[f64]) -> f64 {
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    let n = s.len();
-    if n == 0 {
-        f64::NAN
-    } else if n % 2 == 1 {
-        s[n / 2]
-    } else {
-        (s[n / 2 - 1] + s[n / 2]) / 2.0
-    }
-}
-
 fn max(v: &[f64]) -> f64 {
     v.iter().copied().fold(f64::NAN, f64::max)
-}
-
-/// A figure with three significant digits or so.
-fn fig(v: f64) -> String {
-    let a = v.abs();
-    if a >= 100.0 {
-        format!("{v:.0}")
-    } else if a >= 10.0 {
-        format!("{v:.1}")
-    } else if a >= 1.0 {
-        format!("{v:.2}")
-    } else {
-        format!("{v:.3}")
-    }
 }
 
 /// Seconds as "0.412 s" or "37.5 ms".
@@ -312,19 +178,6 @@ fn secs(v: f64) -> String {
     } else {
         format!("{} s", fig(v))
     }
-}
-
-struct Row {
-    name: String,
-    pr: String,
-    dc: String,
-    ratio: String,
-    goal: String,
-}
-
-#[derive(Default)]
-struct Table {
-    rows: Vec<Row>,
 }
 
 /// A goal: its text, and whether postroom's figure and the ratio meet it.
@@ -381,23 +234,7 @@ impl Table {
                 format!("{text}: {}", if ok(p, r.unwrap_or(f64::NAN)) { "met" } else { "NOT met" })
             }
         };
-        let row = Row { name, pr: cell(pr), dc: cell(dc), ratio: ratio_text, goal: goal_text };
-        eprintln!("imap bench: {}: postroom {}, Dovecot {}, {} {}", row.name, row.pr, row.dc, row.ratio, row.goal);
-        self.rows.push(row);
-    }
-
-    fn print(&self) {
-        let w = |f: fn(&Row) -> &str, head: &str| {
-            self.rows.iter().map(|r| f(r).chars().count()).max().unwrap_or(0).max(head.chars().count())
-        };
-        let w0 = w(|r| &r.name, "row");
-        let w1 = w(|r| &r.pr, "postroom");
-        let w2 = w(|r| &r.dc, "Dovecot");
-        let w3 = w(|r| &r.ratio, "ratio");
-        println!("{:<w0$}  {:>w1$}  {:>w2$}  {:<w3$}  goal", "row", "postroom", "Dovecot", "ratio");
-        for r in &self.rows {
-            println!("{:<w0$}  {:>w1$}  {:>w2$}  {:<w3$}  {}", r.name, r.pr, r.dc, r.ratio, r.goal);
-        }
+        self.row(name, cell(pr), cell(dc), ratio_text, goal_text);
     }
 }
 
@@ -756,24 +593,6 @@ fn idle_latency(srv: &Server, kind: Kind, dir: &Path, u: &User, trigger: Trigger
 // ---------------------------------------------------------------------
 // Row 6: idle sessions.
 
-/// Rss and Pss in KiB of a process, from /proc/PID/smaps_rollup.
-fn rollup(pid: i32) -> Option<(u64, u64)> {
-    let s = fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
-    let field = |name: &str| {
-        s.lines().find(|l| l.starts_with(name)).and_then(|l| l.split_ascii_whitespace().nth(1)?.parse::<u64>().ok())
-    };
-    Some((field("Rss:")?, field("Pss:")?))
-}
-
-/// Rss and Pss summed over the server's processes named `names`.
-fn mem_named(srv: &Server, names: &[&str]) -> (u64, u64) {
-    srv.procs()
-        .iter()
-        .filter(|p| names.contains(&p.comm.as_str()))
-        .filter_map(|p| rollup(p.pid))
-        .fold((0, 0), |(r, p), (r2, p2)| (r + r2, p + p2))
-}
-
 /// What an idle-session row measured on one server.
 struct Idle {
     rss_kib: f64,
@@ -813,16 +632,11 @@ fn idle_sessions(kind: Kind, dir: &Path, ids: &Ids, users: &[&User]) -> Res<Idle
         Kind::Postroom => m.threads >= before.threads + n as u64,
         Kind::Dovecot => m.count("imap") >= n as u64 && m.count("imap-login") == 0,
     };
-    while !settled(&srv.mem()) {
-        if t.elapsed() > Duration::from_secs(60) {
-            return Err(format!("{}: {n} idle sessions did not settle: {:?}", srv.name(), srv.mem()));
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    srv.wait_settled(n, t, Duration::from_secs(60), settled)?;
     let secs = t.elapsed().as_secs_f64();
     std::thread::sleep(Duration::from_millis(500));
     let after = srv.mem();
-    let (dc_rss, dc_pss) = mem_named(&srv, &["imap", "imap-login"]);
+    let (dc_rss, dc_pss) = srv.mem_named(&["imap", "imap-login"]);
     // The sessions are still there.
     let mut conns = conns;
     let (mut c, tag) = conns.pop().ok_or("no connection")?;
@@ -835,36 +649,12 @@ fn idle_sessions(kind: Kind, dir: &Path, ids: &Ids, users: &[&User]) -> Res<Idle
         Kind::Postroom => (per(after.main_vmrss_kib, before.main_vmrss_kib), per(after.pss_kib, before.pss_kib)),
         Kind::Dovecot => (dc_rss as f64 / n as f64, dc_pss as f64 / n as f64),
     };
-    // Let the sessions see their connections close before the server stops.
-    let start = Instant::now();
-    while srv.mem().procs > before.procs || srv.mem().threads > before.threads {
-        if start.elapsed() > Duration::from_secs(15) {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    srv.wait_sessions_gone(&before);
     drop(srv);
     Ok(Idle { rss_kib, pss_kib, before, after, secs })
 }
 
 // ---------------------------------------------------------------------
-
-fn load_average() -> String {
-    fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|s| s.split_whitespace().next().map(String::from))
-        .unwrap_or("?".into())
-}
-
-fn dovecot_version() -> String {
-    let bin = std::env::var_os("DOVECOT").unwrap_or_else(|| "/usr/sbin/dovecot".into());
-    Command::new(bin)
-        .arg("--version")
-        .output()
-        .ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_else(|| "?".into())
-}
 
 fn main() {
     if let Err(e) = run() {
@@ -878,8 +668,8 @@ fn run() -> Res<()> {
     let started = Instant::now();
     let load_before = load_average();
     let ids = Ids::get()?;
-    let nofile = raise_nofile(2 * cfg.idle as u64 + 1000)?;
-    let run_dir = RunDir::create(cfg.keep)?;
+    let nofile = raise_nofile(2 * cfg.idle as u64 + 1000, true)?;
+    let run_dir = RunDir::create(DIR, "imap", cfg.keep)?;
     let dir = run_dir.dir.clone();
     let gen = dir.join("gen");
     fs::create_dir_all(&gen).map_err(|e| format!("{}: {e}", gen.display()))?;
@@ -897,15 +687,15 @@ fn run() -> Res<()> {
     let mut big_bytes = 0;
     if cfg.wants("select") {
         let p = gen.join("big.mbox");
-        big_bytes = mail::write_mbox(&p, cfg.messages, SEED)?;
+        big_bytes = mail::write_mbox(&p, cfg.messages, SEED, true)?;
         users.push(user("big".into(), p, cfg.messages));
     }
     let body = gen.join("body.mbox");
-    let body_bytes = mail::write_mbox(&body, BODY_MESSAGES, SEED ^ 0x1000)?;
+    let body_bytes = mail::write_mbox(&body, BODY_MESSAGES, SEED ^ 0x1000, true)?;
     let mid = gen.join("mid.mbox");
-    mail::write_mbox(&mid, IDLE_MESSAGES, SEED ^ 0x100)?;
+    mail::write_mbox(&mid, IDLE_MESSAGES, SEED ^ 0x100, true)?;
     let small = gen.join("small.mbox");
-    mail::write_mbox(&small, PER_USER_MESSAGES, SEED ^ 0x10)?;
+    mail::write_mbox(&small, PER_USER_MESSAGES, SEED ^ 0x10, true)?;
     users.push(user("bob".into(), body, BODY_MESSAGES));
     users.push(user("carol".into(), mid.clone(), IDLE_MESSAGES));
     users.push(user("dave".into(), mid, IDLE_MESSAGES));
@@ -939,7 +729,7 @@ fn run() -> Res<()> {
     drop(pr_probe);
     let na = || -> Samples { Err(NA.into()) };
 
-    let mut table = Table::default();
+    let mut table = Table::new("imap");
     let mut notes: Vec<String> = Vec::new();
     let mut problems = Vec::new();
     let dc = Server::dovecot_imap(&dc_dir, &ids, 100)?;
@@ -970,46 +760,19 @@ fn run() -> Res<()> {
             faster,
             Some((format!("< {GOAL_COLD_SECS} s and >= {GOAL_COLD_RATIO}x"), &cold_ok)),
         );
-        table.add(
-            "2. warm SELECT, new session".into(),
-            &pick(&pr, |f| &f.warm_select_new),
-            &pick(&d, |f| &f.warm_select_new),
-            median,
-            secs,
-            Better::Lower,
-            faster,
-            None,
-        );
-        table.add(
-            "2. warm SELECT, same session after UNSELECT".into(),
-            &pick(&pr, |f| &f.warm_select_same),
-            &pick(&d, |f| &f.warm_select_same),
-            median,
-            secs,
-            Better::Lower,
-            faster,
-            None,
-        );
-        table.add(
-            "3. FETCH 1:* (FLAGS RFC822.SIZE ENVELOPE), first".into(),
-            &pick_envelopes(&pr, |f| &f.cold_fetch),
-            &pick_envelopes(&d, |f| &f.cold_fetch),
-            median,
-            secs,
-            Better::Lower,
-            faster,
-            None,
-        );
-        table.add(
-            "3. FETCH 1:* (FLAGS RFC822.SIZE ENVELOPE), again".into(),
-            &pick_envelopes(&pr, |f| &f.warm_fetch),
-            &pick_envelopes(&d, |f| &f.warm_fetch),
-            median,
-            secs,
-            Better::Lower,
-            faster,
-            None,
-        );
+        // Rows 2 and 3, without goals; the ENVELOPE rows are only as
+        // valid as the responses.
+        type Pick = fn(&BigFigures) -> &Vec<f64>;
+        let rows: [(&str, bool, Pick); 4] = [
+            ("2. warm SELECT, new session", false, |f| &f.warm_select_new),
+            ("2. warm SELECT, same session after UNSELECT", false, |f| &f.warm_select_same),
+            ("3. FETCH 1:* (FLAGS RFC822.SIZE ENVELOPE), first", true, |f| &f.cold_fetch),
+            ("3. FETCH 1:* (FLAGS RFC822.SIZE ENVELOPE), again", true, |f| &f.warm_fetch),
+        ];
+        for (name, envelopes, g) in rows {
+            let samples = |f| if envelopes { pick_envelopes(f, g) } else { pick(f, g) };
+            table.add(name.into(), &samples(&pr), &samples(&d), median, secs, Better::Lower, faster, None);
+        }
         let describe = |name: &str, f: &Result<BigFigures, String>| {
             match f {
             Ok(f) => format!(
@@ -1161,26 +924,21 @@ fn run() -> Res<()> {
                 r.as_ref().map(|i| vec![f(i)]).map_err(|e| e.clone())
             };
             let goal_ok = |p: f64, _| p < GOAL_IDLE_KIB;
-            table.add(
-                format!("6. {n} idle sessions ({what}): KiB/session, Rss (postroom VmRSS growth)"),
-                &sample(&p, |i| i.rss_kib),
-                &sample(&d, |i| i.rss_kib),
-                median,
-                kib,
-                Better::Lower,
-                "smaller",
-                Some((format!("< {GOAL_IDLE_KIB} KiB"), &goal_ok)),
-            );
-            table.add(
-                format!("6. {n} idle sessions ({what}): KiB/session, Pss"),
-                &sample(&p, |i| i.pss_kib),
-                &sample(&d, |i| i.pss_kib),
-                median,
-                kib,
-                Better::Lower,
-                "smaller",
-                Some((format!("< {GOAL_IDLE_KIB} KiB"), &goal_ok)),
-            );
+            type Measure = fn(&Idle) -> f64;
+            let measures: [(&str, Measure); 2] =
+                [("Rss (postroom VmRSS growth)", |i| i.rss_kib), ("Pss", |i| i.pss_kib)];
+            for (measure, f) in measures {
+                table.add(
+                    format!("6. {n} idle sessions ({what}): KiB/session, {measure}"),
+                    &sample(&p, f),
+                    &sample(&d, f),
+                    median,
+                    kib,
+                    Better::Lower,
+                    "smaller",
+                    Some((format!("< {GOAL_IDLE_KIB} KiB"), &goal_ok)),
+                );
+            }
             let mut line = format!("idle sessions ({what}):");
             if let Ok(p) = &p {
                 line.push_str(&format!(

@@ -48,6 +48,8 @@
 //! Under root both servers serve mail as nobody.
 
 #[allow(dead_code)]
+mod common;
+#[allow(dead_code)]
 mod mboxgen;
 
 #[path = "pop3/client.rs"]
@@ -55,16 +57,15 @@ mod client;
 #[path = "pop3/servers.rs"]
 mod servers;
 
-use std::fs::{self, File};
-use std::io::{BufWriter, Write};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Barrier, Mutex};
+use std::fs;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
-use client::{Pop3, Res};
-use postroom::store::{from_line, Mailbox, Options};
-use servers::{Ids, Kind, Mem, Server, User};
+use client::Pop3;
+use common::{env_flag, env_num, fig, load_average, mail, parallel, raise_nofile, Res, RunDir, Table};
+use servers::{dovecot_version, Ids, Kind, Mem, Server, User};
 
 const DIR: &str = "/tmp/postroom-bench-pop3";
 const SEED: u64 = 0x706f_7033_6265_6e63;
@@ -86,123 +87,14 @@ struct Config {
 
 impl Config {
     fn from_env() -> Res<Config> {
-        let num = |name: &str, default: u64| -> Res<u64> {
-            match std::env::var(name) {
-                Ok(v) => v.trim().parse().map_err(|_| format!("{name}: not a number: {v}")),
-                Err(_) => Ok(default),
-            }
-        };
         let c = Config {
-            secs: num("POSTROOM_BENCH_SECS", 5)?.clamp(1, 60) as f64,
-            idle: num("POSTROOM_BENCH_IDLE", 1000)?.clamp(1, 5000) as usize,
-            clients: num("POSTROOM_BENCH_CLIENTS", 50)?.clamp(1, 200) as usize,
-            keep: std::env::var("POSTROOM_BENCH_KEEP").is_ok_and(|v| v == "1"),
+            secs: env_num("POSTROOM_BENCH_SECS", 5)?.clamp(1, 60) as f64,
+            idle: env_num("POSTROOM_BENCH_IDLE", 1000)?.clamp(1, 5000) as usize,
+            clients: env_num("POSTROOM_BENCH_CLIENTS", 50)?.clamp(1, 200) as usize,
+            keep: env_flag("POSTROOM_BENCH_KEEP"),
         };
         Ok(c)
     }
-}
-
-/// This run's directory, `DIR/run-PID`, so that two runs at once do not
-/// share files. Dropping it removes it (it is declared before the servers,
-/// so this happens after they have stopped), unless it is to be kept, and
-/// then `DIR` if nothing else is left in it.
-struct RunDir {
-    dir: PathBuf,
-    keep: bool,
-}
-
-impl RunDir {
-    /// Makes this run's directory; removes those of earlier runs whose
-    /// process is gone (a run that was killed).
-    fn create(keep: bool) -> Res<RunDir> {
-        let root = Path::new(DIR);
-        if let Ok(rd) = fs::read_dir(root) {
-            for e in rd.flatten() {
-                let name = e.file_name();
-                let pid = name.to_str().and_then(|n| n.strip_prefix("run-")).and_then(|p| p.parse::<u32>().ok());
-                if let Some(pid) = pid {
-                    if !Path::new(&format!("/proc/{pid}")).exists() {
-                        let _ = fs::remove_dir_all(e.path());
-                    }
-                }
-            }
-        }
-        let dir = root.join(format!("run-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        for d in [root, dir.as_path()] {
-            fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-                .map_err(|e| format!("{}: {e}", d.display()))?;
-        }
-        Ok(RunDir { dir, keep })
-    }
-}
-
-impl Drop for RunDir {
-    fn drop(&mut self) {
-        if self.keep {
-            eprintln!("pop3 bench: kept {}", self.dir.display());
-            return;
-        }
-        if let Err(e) = fs::remove_dir_all(&self.dir) {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                eprintln!("pop3 bench: removing {}: {e}", self.dir.display());
-            }
-        }
-        // Only if empty: another run may be using it.
-        let _ = fs::remove_dir(DIR);
-    }
-}
-
-/// Raises this process's descriptor limit (the servers inherit it) to
-/// at least `want`.
-fn raise_nofile(want: u64) -> Res<u64> {
-    let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: getrlimit writes the struct we pass.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } != 0 {
-        return Err(format!("getrlimit: {}", std::io::Error::last_os_error()));
-    }
-    if r.rlim_cur >= want {
-        return Ok(r.rlim_cur);
-    }
-    if r.rlim_max < want {
-        return Err(format!("the descriptor limit is {} (hard); the benchmark needs {want}", r.rlim_max));
-    }
-    r.rlim_cur = r.rlim_max.min(want.max(65536));
-    // SAFETY: setrlimit reads the struct we pass.
-    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &r) } != 0 {
-        return Err(format!("setrlimit: {}", std::io::Error::last_os_error()));
-    }
-    Ok(r.rlim_cur)
-}
-
-/// Writes `messages` generated messages as an MTA appends them (From_
-/// line, content, blank line) and lets postroom open the file once, which
-/// writes its state headers. Returns the file's size.
-fn make_mbox(path: &Path, messages: u32, seed: u64) -> Res<u64> {
-    let err = |e: std::io::Error| format!("{}: {e}", path.display());
-    let mut rng = mboxgen::Rng::new(seed);
-    let mut w = BufWriter::with_capacity(1 << 20, File::create(path).map_err(err)?);
-    let mut content = Vec::with_capacity(1 << 20);
-    let mut date: i64 = 1_735_689_600 + 3600 * 7;
-    for n in 1..=messages {
-        date += rng.range(20, 1200) as i64;
-        content.clear();
-        let m = mboxgen::message(&mut rng, n as u64, date, &mut content);
-        let from = from_line::format(&m.sender, m.date);
-        for part in [from.as_bytes(), b"\n", &content, b"\n"] {
-            w.write_all(part).map_err(err)?;
-        }
-    }
-    w.flush().map_err(err)?;
-    drop(w);
-    let opts = Options { fsync: false, ..Options::default() };
-    let mb = Mailbox::open(path, &opts, false).map_err(|e| format!("postroom opening {}: {e}", path.display()))?;
-    if mb.len() != messages as usize || mb.needs_sync() {
-        return Err(format!("{}: postroom sees {} messages, {messages} written", path.display(), mb.len()));
-    }
-    drop(mb);
-    Ok(fs::metadata(path).map_err(err)?.len())
 }
 
 /// connect, USER/PASS, STAT, LIST, UIDL, RETR of every message, QUIT.
@@ -246,36 +138,6 @@ fn light_session(srv: &Server, u: &User) -> Res<u64> {
     }
     p.quit()?;
     Ok(0)
-}
-
-/// Runs `f(i)` for every `i` in `0..n` on `threads` threads; the first error wins.
-fn parallel<T: Send>(n: usize, threads: usize, f: impl Fn(usize) -> Res<T> + Sync) -> Res<Vec<T>> {
-    let next = AtomicUsize::new(0);
-    let failed = AtomicBool::new(false);
-    let out: Mutex<Vec<Option<T>>> = Mutex::new((0..n).map(|_| None).collect());
-    let first_err: Mutex<Option<String>> = Mutex::new(None);
-    std::thread::scope(|s| {
-        for _ in 0..threads.min(n).max(1) {
-            s.spawn(|| loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= n || failed.load(Ordering::Relaxed) {
-                    return;
-                }
-                match f(i) {
-                    Ok(v) => out.lock().unwrap()[i] = Some(v),
-                    Err(e) => {
-                        failed.store(true, Ordering::Relaxed);
-                        first_err.lock().unwrap().get_or_insert(e);
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    if let Some(e) = first_err.into_inner().unwrap() {
-        return Err(e);
-    }
-    out.into_inner().unwrap().into_iter().map(|v| v.ok_or_else(|| "a task did not run".to_string())).collect()
 }
 
 /// CPU seconds of this process (all its threads).
@@ -455,13 +317,7 @@ fn idle_sessions(kind: Kind, dir: &Path, ids: &Ids, users: &[User], login: bool)
         (Kind::Dovecot, false) => m.count("pop3-login") >= n as u64,
         (Kind::Dovecot, true) => m.count("pop3") >= n as u64 && m.count("pop3-login") == 0,
     };
-    let start = Instant::now();
-    while !settled(&srv.mem()) {
-        if start.elapsed() > Duration::from_secs(30) {
-            return Err(format!("{}: {n} idle sessions did not settle: {:?}", srv.name(), srv.mem()));
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    srv.wait_settled(n, Instant::now(), Duration::from_secs(30), settled)?;
     std::thread::sleep(Duration::from_millis(500));
     let after = srv.mem();
     // The sessions are still there.
@@ -476,81 +332,9 @@ fn idle_sessions(kind: Kind, dir: &Path, ids: &Ids, users: &[User], login: bool)
         Kind::Postroom => (per(after.main_vmrss_kib, before.main_vmrss_kib), per(after.pss_kib, before.pss_kib)),
         Kind::Dovecot => (per(after.rss_kib, before.rss_kib), per(after.pss_kib, before.pss_kib)),
     };
-    // Let the sessions see their connections close before the server stops.
-    let start = Instant::now();
-    while srv.mem().procs > before.procs || srv.mem().threads > before.threads {
-        if start.elapsed() > Duration::from_secs(15) {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    srv.wait_sessions_gone(&before);
     drop(srv);
     Ok(Idle { rss_kib, pss_kib, before, after })
-}
-
-/// A figure with three significant digits or so.
-fn fig(v: f64) -> String {
-    let a = v.abs();
-    if a >= 100.0 {
-        format!("{v:.0}")
-    } else if a >= 10.0 {
-        format!("{v:.1}")
-    } else if a >= 1.0 {
-        format!("{v:.2}")
-    } else {
-        format!("{v:.3}")
-    }
-}
-
-struct Row {
-    name: String,
-    pr: String,
-    dc: String,
-    ratio: String,
-    goal: String,
-}
-
-#[derive(Default)]
-struct Table {
-    rows: Vec<Row>,
-}
-
-impl Table {
-    fn row(&mut self, name: String, pr: String, dc: String, ratio: String, goal: String) {
-        eprintln!("pop3 bench: {name}: postroom {pr}, Dovecot {dc}, {ratio} {goal}");
-        self.rows.push(Row { name, pr, dc, ratio, goal });
-    }
-
-    fn print(&self) {
-        let w = |f: fn(&Row) -> &str, head: &str| {
-            self.rows.iter().map(|r| f(r).chars().count()).max().unwrap_or(0).max(head.chars().count())
-        };
-        let w0 = w(|r| &r.name, "row");
-        let w1 = w(|r| &r.pr, "postroom");
-        let w2 = w(|r| &r.dc, "Dovecot");
-        let w3 = w(|r| &r.ratio, "ratio");
-        println!("{:<w0$}  {:>w1$}  {:>w2$}  {:<w3$}  goal", "row", "postroom", "Dovecot", "ratio");
-        for r in &self.rows {
-            println!("{:<w0$}  {:>w1$}  {:>w2$}  {:<w3$}  {}", r.name, r.pr, r.dc, r.ratio, r.goal);
-        }
-    }
-}
-
-fn load_average() -> String {
-    fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|s| s.split_whitespace().next().map(String::from))
-        .unwrap_or("?".into())
-}
-
-fn dovecot_version() -> String {
-    let bin = std::env::var_os("DOVECOT").unwrap_or_else(|| "/usr/sbin/dovecot".into());
-    std::process::Command::new(bin)
-        .arg("--version")
-        .output()
-        .ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_else(|| "?".into())
 }
 
 fn main() {
@@ -565,8 +349,8 @@ fn run() -> Res<()> {
     let started = Instant::now();
     let load_before = load_average();
     let ids = Ids::get()?;
-    let nofile = raise_nofile(3 * cfg.idle as u64 + 1000)?;
-    let run_dir = RunDir::create(cfg.keep)?;
+    let nofile = raise_nofile(3 * cfg.idle as u64 + 1000, false)?;
+    let run_dir = RunDir::create(DIR, "pop3", cfg.keep)?;
     let dir = run_dir.dir.clone();
     let gen = dir.join("gen");
     fs::create_dir_all(&gen).map_err(|e| format!("{}: {e}", gen.display()))?;
@@ -577,9 +361,9 @@ fn run() -> Res<()> {
     let big = gen.join("1000.mbox");
     let mid = gen.join("100.mbox");
     let small = gen.join("10.mbox");
-    let big_bytes = make_mbox(&big, 1000, SEED)?;
-    let mid_bytes = make_mbox(&mid, 100, SEED ^ 0x100)?;
-    let small_bytes = make_mbox(&small, 10, SEED ^ 0x10)?;
+    let big_bytes = mail::write_mbox(&big, 1000, SEED, false)?;
+    let mid_bytes = mail::write_mbox(&mid, 100, SEED ^ 0x100, false)?;
+    let small_bytes = mail::write_mbox(&small, 10, SEED ^ 0x10, false)?;
     let user = |name: String, template: &Path, messages| User {
         password: format!("pw-{name}-7q"),
         name,
@@ -675,7 +459,7 @@ fn run() -> Res<()> {
     drop(dcr);
     drop(pr);
 
-    let mut table = Table::default();
+    let mut table = Table::new("pop3");
     let mut rate_ratios = Vec::new();
     let mut reuse_ratios = Vec::new();
     let mbs = |x: &Rate| {

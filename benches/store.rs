@@ -16,6 +16,8 @@
 //! file in the page cache, so they measure postroom, not the disk. Writes
 //! are fsynced unless a row says otherwise; fsync reaches the disk.
 
+#[allow(dead_code)]
+mod common;
 mod mboxgen;
 
 use std::error::Error;
@@ -25,6 +27,7 @@ use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use common::{env_flag, env_num, load_average, median};
 use postroom::store::lock::{self, LockSettings};
 use postroom::store::scan;
 use postroom::store::{Flags, Mailbox, MboxFormat, Options, Registry};
@@ -45,21 +48,15 @@ struct Config {
 
 impl Config {
     fn from_env() -> Res<Config> {
-        let num = |name: &str, default: u64| -> Res<u64> {
-            match std::env::var(name) {
-                Ok(v) => v.trim().parse().map_err(|_| format!("{name}: not a number: {v}").into()),
-                Err(_) => Ok(default),
-            }
-        };
-        let mib = num("POSTROOM_BENCH_MB", 1024)?;
+        let mib = env_num("POSTROOM_BENCH_MB", 1024)?;
         if mib == 0 {
             return Err("POSTROOM_BENCH_MB must be at least 1".into());
         }
         Ok(Config {
             dir: std::env::var_os("POSTROOM_BENCH_DIR").map_or_else(|| "/tmp/postroom-bench".into(), PathBuf::from),
             bytes: mib << 20,
-            runs: num("POSTROOM_BENCH_RUNS", 5)?.max(1) as usize,
-            keep: std::env::var("POSTROOM_BENCH_KEEP").is_ok_and(|v| v == "1"),
+            runs: env_num("POSTROOM_BENCH_RUNS", 5)?.max(1) as usize,
+            keep: env_flag("POSTROOM_BENCH_KEEP"),
         })
     }
 }
@@ -222,16 +219,6 @@ fn read_count_lines(path: &Path) -> io::Result<u64> {
     Ok(lines)
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
-
 /// CPU time of this thread, in seconds.
 fn thread_cpu() -> f64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
@@ -270,7 +257,9 @@ struct Stat {
 }
 
 fn stat(v: &[Sample]) -> Stat {
-    Stat { wall: median(v.iter().map(|s| s.wall).collect()), cpu: median(v.iter().map(|s| s.cpu).collect()) }
+    let wall: Vec<f64> = v.iter().map(|s| s.wall).collect();
+    let cpu: Vec<f64> = v.iter().map(|s| s.cpu).collect();
+    Stat { wall: median(&wall), cpu: median(&cpu) }
 }
 
 /// Calls `f` `runs` times, timing each call.
@@ -284,17 +273,11 @@ fn timed(runs: usize, mut f: impl FnMut() -> Res<()>) -> Res<Stat> {
     Ok(stat(&v))
 }
 
-/// A figure with three significant digits or so.
+/// A figure with three significant digits or so; below 0.001 in
+/// scientific notation.
 fn fig(v: f64) -> String {
-    let a = v.abs();
-    if a >= 100.0 {
-        format!("{v:.0}")
-    } else if a >= 10.0 {
-        format!("{v:.1}")
-    } else if a >= 1.0 {
-        format!("{v:.2}")
-    } else if a >= 0.001 {
-        format!("{v:.3}")
+    if v.abs() >= 0.001 {
+        common::fig(v)
     } else {
         format!("{v:.1e}")
     }
@@ -370,13 +353,6 @@ fn outside_append(mb: &mut Mailbox, path: &Path, rng: &mut mboxgen::Rng, n: u64)
     let t = c.stop();
     check("refresh sees the new message", mb.len() == len + 1 && !mb.needs_sync())?;
     Ok(t)
-}
-
-fn load_average() -> String {
-    fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|s| s.split_whitespace().next().map(String::from))
-        .unwrap_or("?".into())
 }
 
 fn main() {
@@ -514,7 +490,7 @@ fn run() -> Res<()> {
         expunge_t.wall * 1e3,
         "ms",
         expunge_t,
-        format!("{}; the file shrank {} B", vs_pass(expunge_t), count(median(shrink) as u64)),
+        format!("{}; the file shrank {} B", vs_pass(expunge_t), count(median(&shrink) as u64)),
     );
 
     // A flag change written in place.

@@ -11,106 +11,12 @@
 mod support;
 
 use std::fs;
-use std::io::Read;
-use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::thread::{sleep, JoinHandle};
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
 
 use postroom::store::Flags;
-use support::server::{give_to_nobody, Server};
+use support::clients::*;
+use support::server::Server;
 use support::*;
-
-/// How long one client run may take.
-const LIMIT: Duration = Duration::from_secs(90);
-
-/// The `hostname` of the test config: the generated certificate is made
-/// for it, localhost and 127.0.0.1.
-const CERT_NAME: &str = "test.example";
-
-/// `prog` on PATH, if it is there.
-fn installed(prog: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join(prog))
-        .find(|p| fs::metadata(p).map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false))
-}
-
-/// False, after saying so, when `prog` is missing.
-fn have(prog: &str) -> bool {
-    let found = installed(prog).is_some();
-    if !found {
-        println!("SKIP: {prog} not installed");
-    }
-    found
-}
-
-/// What a finished client left behind.
-struct Ran {
-    code: Option<i32>,
-    stdout: Vec<u8>,
-    stderr: Vec<u8>,
-    what: String,
-}
-
-impl Ran {
-    fn text(&self) -> String {
-        format!(
-            "{}\nexit: {:?}\n--- stdout\n{}\n--- stderr\n{}",
-            self.what,
-            self.code,
-            String::from_utf8_lossy(&self.stdout),
-            String::from_utf8_lossy(&self.stderr)
-        )
-    }
-
-    fn expect(self, code: i32) -> Ran {
-        assert_eq!(self.code, Some(code), "unexpected exit status:\n{}", self.text());
-        self
-    }
-}
-
-fn drain(mut from: impl Read + Send + 'static) -> JoinHandle<Vec<u8>> {
-    std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = from.read_to_end(&mut v);
-        v
-    })
-}
-
-/// Runs `cmd` to its end, at most [`LIMIT`]: on expiry its process group
-/// (the client and whatever it started) is killed and the test fails.
-fn run(cmd: &mut Command) -> Ran {
-    let what = format!("{cmd:?}");
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
-    let out = drain(child.stdout.take().unwrap());
-    let err = drain(child.stderr.take().unwrap());
-    let start = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break Some(status);
-        }
-        if start.elapsed() > LIMIT {
-            // Still unreaped, so the group id is still this child's.
-            unsafe { libc::kill(-(child.id() as libc::pid_t), libc::SIGKILL) };
-            let _ = child.wait();
-            break None;
-        }
-        sleep(Duration::from_millis(20));
-    };
-    let ran =
-        Ran { code: status.and_then(|s| s.code()), stdout: out.join().unwrap(), stderr: err.join().unwrap(), what };
-    assert!(status.is_some(), "still running after {LIMIT:?}, killed:\n{}", ran.text());
-    ran
-}
 
 /// A message whose body has lines a POP3 server must dot-stuff: a lone
 /// dot, dots at the start, a dot and a space.
@@ -118,27 +24,6 @@ fn dotted() -> Vec<u8> {
     b"From: dots@example.org\r\nTo: alice@example.org\r\nSubject: dots\r\nMessage-ID: <dots@postroom.test>\r\n\r\n\
       .\r\n..\r\n.leading dot\r\n...\r\n. \r\nFrom the start\r\n>From quoted\r\nlast line\r\n"
         .to_vec()
-}
-
-/// A message of about two megabytes: lines of every length up to RFC 5322's
-/// 998, some starting with a dot or "From ".
-fn big() -> Vec<u8> {
-    let mut m =
-        b"From: big@example.org\r\nTo: alice@example.org\r\nSubject: big\r\nMessage-ID: <big@postroom.test>\r\n\r\n"
-            .to_vec();
-    for i in 0..4000usize {
-        let start: &[u8] = match i % 5 {
-            0 => b".",
-            1 => b"From ",
-            2 => b"..",
-            _ => b"",
-        };
-        m.extend_from_slice(start);
-        let len = (i * 37) % (999 - start.len());
-        m.extend((0..len).map(|j| b"abcdefghijklmnopqrstuvwxyz0123456789 "[(i + j) % 37]));
-        m.extend_from_slice(b"\r\n");
-    }
-    m
 }
 
 /// The six messages every test stores in alice's INBOX, in order.
@@ -155,19 +40,7 @@ fn mail() -> Vec<Vec<u8>> {
 
 /// A running server with `messages` in alice's INBOX.
 fn server_with(t: &Tmp, messages: &[Vec<u8>], extra: &str) -> Server {
-    fs::create_dir_all(t.path("spool")).unwrap();
-    {
-        let mut mb = open(&t.path("spool/alice"));
-        for m in messages {
-            mb.append(m, Flags::empty(), &[], None, "sender@example.org").unwrap();
-        }
-    }
-    Server::start(t.dir.path(), &["alice", "bob"], extra)
-}
-
-/// The messages in the mbox file on disk, as a client would get them.
-fn on_disk(s: &Server) -> Vec<Vec<u8>> {
-    contents(&open(&s.spool("alice"))).into_iter().map(|(_, b)| b).collect()
+    support::clients::server_with(t, messages, Flags::empty(), None, extra)
 }
 
 /// What TOP n lines returns: the header, the blank line and `lines` lines of the body.
@@ -183,26 +56,13 @@ fn uidl(s: &Server, uid: u32) -> String {
     format!("{:08x}{uid:08x}", open(&s.spool("alice")).uidvalidity())
 }
 
-fn file(dir: &Path, name: &str) -> Vec<u8> {
-    fs::read(dir.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
-}
-
-/// Asserts two messages are the same bytes, showing them as text if not.
-fn same(got: &[u8], want: &[u8], what: &str) {
-    assert!(
-        got == want,
-        "{what} differs\n--- got\n{}\n--- want\n{}",
-        String::from_utf8_lossy(got),
-        String::from_utf8_lossy(want)
-    );
-}
-
 // ---------------------------------------------------------------- poplib
 
 /// A poplib session, driven by the mode in argv[1]; it prints a transcript
 /// line per step and saves what it retrieved into the directory argv[2].
 const POPLIB: &str = r#"
-import os, poplib, ssl, sys
+import os, poplib, sys
+import strict_tls
 
 mode, out, port, sport, cafile = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
 NAME = sys.argv[6]
@@ -222,21 +82,9 @@ def refusal(step):
         say(e.args[0])
 
 def context(tls12=False):
-    # Only the server's own certificate is trusted, checked strictly.
-    c = ssl.create_default_context(cafile=cafile)
-    c.verify_flags |= ssl.VERIFY_X509_STRICT
-    if tls12:
-        c.maximum_version = ssl.TLSVersion.TLSv1_2
-    return c
+    return strict_tls.context(cafile, tls12)
 
-class Named(poplib.POP3_SSL):
-    """POP3 over TLS to 127.0.0.1, checking the certificate for `name`."""
-    def __init__(self, name, port, context):
-        self.name = name
-        poplib.POP3_SSL.__init__(self, "127.0.0.1", port, context=context, timeout=30)
-    def _create_socket(self, timeout):
-        sock = poplib.POP3._create_socket(self, timeout)
-        return self.context.wrap_socket(sock, server_hostname=self.name)
+Named = strict_tls.named(poplib.POP3_SSL, "context")
 
 def login(p):
     say("user", p.user("alice"))
@@ -295,12 +143,8 @@ elif mode == "tls":
     retr_all(p, "pop3s")
     say("quit", p.quit())
     # A name the certificate lacks, and the system's roots instead of it.
-    for name, ctx in (("wrong.example", context()), (NAME, ssl.create_default_context())):
-        try:
-            Named(name, sport, ctx).quit()
-            say("accepted", name)
-        except ssl.SSLCertVerificationError as e:
-            say("refused", name, e.verify_code)
+    for words in strict_tls.refusals(cafile, NAME, lambda name, ctx: Named(name, sport, ctx).quit()):
+        say(*words)
     # TLS 1.2.
     p = Named(NAME, sport, context(tls12=True))
     login(p)
@@ -328,8 +172,8 @@ fn poplib(s: &Server, c: &Tmp, mode: &str) -> (Vec<String>, PathBuf) {
     fs::write(&script, POPLIB).unwrap();
     let out = c.path(mode);
     fs::create_dir(&out).unwrap();
-    let cert = s.dir.join("tls/cert.pem");
-    let ran = run(Command::new("python3")
+    let cert = cert(s);
+    let ran = run(python3()
         .arg(&script)
         .arg(mode)
         .arg(&out)
@@ -392,7 +236,7 @@ fn python_poplib_plain_session_retr_top_dele() {
 
     // QUIT removed messages 1 and 4 from the file; the rest are intact
     // and marked read.
-    assert_eq!(on_disk(&s), vec![mail[1].clone(), mail[2].clone(), mail[4].clone(), mail[5].clone()]);
+    assert_eq!(on_disk(&s, "INBOX"), vec![mail[1].clone(), mail[2].clone(), mail[4].clone(), mail[5].clone()]);
     let mb = open(&s.spool("alice"));
     assert!(mb.messages().iter().all(|m| m.flags.contains(Flags::SEEN)));
     assert_eq!(mb.messages().iter().map(|m| m.uid).collect::<Vec<_>>(), vec![2, 3, 5, 6]);
@@ -441,16 +285,11 @@ fn python_poplib_over_tls_and_stls_verifies_the_generated_certificate() {
         }
     }
     // Nothing was deleted; every message is now marked read.
-    assert_eq!(on_disk(&s), mail);
+    assert_eq!(on_disk(&s, "INBOX"), mail);
     assert!(open(&s.spool("alice")).messages().iter().all(|m| m.flags.contains(Flags::SEEN)));
 }
 
 // ------------------------------------------------------------------ curl
-
-/// curl, silent but for errors, as alice unless `args` says otherwise.
-fn curl(args: &[&str]) -> Ran {
-    run(Command::new("curl").args(["-sS", "--max-time", "60", "--user", "alice:secret-alice"]).args(args))
-}
 
 #[test]
 fn curl_list_retr_uidl_top_dele() {
@@ -491,7 +330,7 @@ fn curl_list_retr_uidl_top_dele() {
     curl(&["-X", "DELE", "-I", &format!("{url}2")]).expect(0);
     let mut left = mail.clone();
     left.remove(1);
-    assert_eq!(on_disk(&s), left);
+    assert_eq!(on_disk(&s, "INBOX"), left);
     let list: String = left.iter().enumerate().map(|(i, m)| format!("{} {}\r\n", i + 1, m.len())).collect();
     same(&curl(&[&url]).expect(0).stdout, list.as_bytes(), "LIST after DELE");
 }
@@ -504,7 +343,7 @@ fn curl_pop3s_and_stls_with_the_generated_certificate() {
     let t = Tmp::new();
     let mail = mail();
     let s = server_with(&t, &mail, "plaintext-auth never\n");
-    let cert = s.dir.join("tls/cert.pem");
+    let cert = cert(&s);
     let cert = cert.to_str().unwrap();
     let pop3s = |host: &str, n: usize| format!("pop3s://{host}:{}/{n}", s.pop3s);
 
@@ -539,119 +378,10 @@ fn curl_pop3s_and_stls_with_the_generated_certificate() {
     curl(&["--cacert", cert, "-X", "DELE", "-I", &pop3s("127.0.0.1", 5)]).expect(0);
     let mut left = mail.clone();
     left.remove(4);
-    assert_eq!(on_disk(&s), left);
+    assert_eq!(on_disk(&s, "INBOX"), left);
 }
 
 // ------------------------------------------------------------- fetchmail
-
-/// fetchmail's delivery agent: each message on stdin becomes the next
-/// numbered file in the directory $1.
-const DELIVER: &str = r#"#!/bin/sh
-set -e
-n=$(ls "$1" | wc -l)
-cat > "$1/.part"
-mv "$1/.part" "$1/$(printf %03d $((n + 1)))"
-"#;
-
-enum Link {
-    Plain,
-    Stls,
-    Implicit,
-}
-
-/// fetchmail polling alice, with its home, rc files and deliveries in `dir`.
-struct Fetchmail<'a> {
-    s: &'a Server,
-    dir: &'a Path,
-}
-
-impl Fetchmail<'_> {
-    fn home(&self) -> PathBuf {
-        self.dir.join("home")
-    }
-
-    /// One poll as run `tag`; returns its output and the messages delivered.
-    fn poll(&self, tag: &str, link: Link, name: &str, options: &str) -> (Ran, Vec<Vec<u8>>) {
-        let home = self.home();
-        if !home.exists() {
-            fs::create_dir(&home).unwrap();
-            fs::set_permissions(&home, fs::Permissions::from_mode(0o700)).unwrap();
-            let deliver = self.dir.join("deliver");
-            fs::write(&deliver, DELIVER).unwrap();
-            fs::set_permissions(&deliver, fs::Permissions::from_mode(0o755)).unwrap();
-        }
-        let out = self.dir.join(format!("out-{tag}"));
-        fs::create_dir(&out).unwrap();
-        let cert = self.s.dir.join("tls/cert.pem");
-        let verify = format!("sslcertck sslcertfile \"{}\" sslcommonname \"{name}\"", cert.display());
-        let (port, tls) = match link {
-            Link::Plain => (self.s.pop3, "sslproto ''".to_string()),
-            Link::Stls => (self.s.pop3, format!("sslproto \"TLS1.2+\" {verify}")),
-            Link::Implicit => (self.s.pop3s, format!("ssl {verify}")),
-        };
-        let rc = self.dir.join(format!("rc-{tag}"));
-        fs::write(
-            &rc,
-            format!(
-                "set no syslog\n\
-                 poll {CERT_NAME} via 127.0.0.1 with protocol POP3 port {port} uidl timeout 30\n\
-                 \x20 user \"alice\" there with password \"secret-alice\"\n\
-                 \x20 {tls}\n\
-                 \x20 {options}\n\
-                 \x20 mda \"{} '{}'\"\n",
-                self.dir.join("deliver").display(),
-                out.display()
-            ),
-        )
-        .unwrap();
-        fs::set_permissions(&rc, fs::Permissions::from_mode(0o600)).unwrap();
-        // Never the invoking user's files, nor root's lock in /run (which
-        // would keep two polls from running at once); as root, the
-        // delivery agent runs as root too (fetchmail only warns).
-        let ran = run(Command::new("fetchmail")
-            .args(["--nosyslog", "-v", "-f"])
-            .arg(&rc)
-            .arg("--pidfile")
-            .arg(home.join("fetchmail.pid"))
-            .arg("--idfile")
-            .arg(home.join(".fetchids"))
-            .env("FETCHMAILHOME", &home)
-            .env("HOME", &home)
-            .env("LC_ALL", "C")
-            .env_remove("LANGUAGE")
-            .env_remove("FETCHMAILUSER")
-            .env_remove("LOGNAME")
-            .env_remove("USER"));
-        let mut names: Vec<String> =
-            fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
-        names.sort();
-        let got = names.iter().map(|n| file(&out, n)).collect();
-        (ran, got)
-    }
-}
-
-/// A message as fetchmail hands it to its delivery agent: LF line ends,
-/// after a Received header fetchmail adds.
-fn fetched(got: &[u8], want: &[u8], what: &str) {
-    assert!(got.starts_with(b"Received: from "), "{what}: no Received header first:\n{}", String::from_utf8_lossy(got));
-    let mut rest = got;
-    let mut first = true;
-    while first || rest.starts_with(b" ") || rest.starts_with(b"\t") {
-        first = false;
-        let eol = rest.iter().position(|&b| b == b'\n').expect("header line end");
-        rest = &rest[eol + 1..];
-    }
-    let received = String::from_utf8_lossy(&got[..got.len() - rest.len()]).into_owned();
-    assert!(received.contains("with POP3 (fetchmail-"), "{what}: {received}");
-    // The test messages have CRLF line ends only, no bare CR.
-    let lf: Vec<u8> = want
-        .iter()
-        .enumerate()
-        .filter(|&(i, &b)| !(b == b'\r' && want.get(i + 1) == Some(&b'\n')))
-        .map(|(_, &b)| b)
-        .collect();
-    same(rest, &lf, what);
-}
 
 #[test]
 fn fetchmail_keeps_by_uidl_then_fetches_and_deletes_everything() {
@@ -661,23 +391,16 @@ fn fetchmail_keeps_by_uidl_then_fetches_and_deletes_everything() {
     let (t, c) = (Tmp::new(), Tmp::new());
     let mail = mail();
     let s = server_with(&t, &mail, "");
-    let f = Fetchmail { s: &s, dir: c.dir.path() };
-    let log = |r: &Ran| format!("{}{}", String::from_utf8_lossy(&r.stdout), String::from_utf8_lossy(&r.stderr));
+    let f = Fetchmail { s: &s, dir: c.dir.path(), proto: Proto::Pop3 };
 
     // A certificate checked for a name it lacks: nothing is fetched.
-    let (r, got) = f.poll("wrong-name", Link::Implicit, "wrong.example", "keep");
-    let r = r.expect(2);
-    assert!(got.is_empty() && log(&r).contains("certificate"), "{}", r.text());
+    let r = f.poll_expecting("wrong-name", Link::Implicit, "wrong.example", "keep", 2, &[]);
+    assert!(r.log().contains("certificate"), "{}", r.text());
 
     // keep, over implicit TLS: all of them, and the server keeps them.
-    let (r, got) = f.poll("first", Link::Implicit, CERT_NAME, "keep");
-    let r = r.expect(0);
-    assert!(log(&r).contains("SSL/TLS: using protocol TLSv1."), "{}", r.text());
-    assert_eq!(got.len(), mail.len(), "{}", r.text());
-    for (i, (g, m)) in got.iter().zip(&mail).enumerate() {
-        fetched(g, m, &format!("first poll, message {}", i + 1));
-    }
-    assert_eq!(on_disk(&s), mail);
+    let r = f.poll_expecting("first", Link::Implicit, CERT_NAME, "keep", 0, &mail);
+    assert!(r.log().contains("SSL/TLS: using protocol TLSv1."), "{}", r.text());
+    assert_eq!(on_disk(&s, "INBOX"), mail);
     let ids = fs::read_to_string(f.home().join(".fetchids")).expect("fetchmail's UID list");
     for uid in 1..=mail.len() as u32 {
         assert!(ids.contains(&uidl(&s, uid)), "UIDL {uid} not remembered:\n{ids}");
@@ -685,37 +408,13 @@ fn fetchmail_keeps_by_uidl_then_fetches_and_deletes_everything() {
 
     // keep again, over STLS: every UIDL was seen, nothing is fetched
     // (fetchmail's exit status 1: no mail).
-    let (r, got) = f.poll("second", Link::Stls, CERT_NAME, "keep");
-    let r = r.expect(1);
-    assert!(log(&r).contains("upgrade to TLS succeeded"), "{}", r.text());
-    assert!(got.is_empty(), "{}", r.text());
-    assert_eq!(on_disk(&s), mail);
+    let r = f.poll_expecting("second", Link::Starttls, CERT_NAME, "keep", 1, &[]);
+    assert!(r.log().contains("upgrade to TLS succeeded"), "{}", r.text());
+    assert_eq!(on_disk(&s, "INBOX"), mail);
 
     // New mail arrives: only it is fetched.
-    let new = message_for("client-new");
-    open(&s.spool("alice")).append(&new, Flags::empty(), &[], None, "sender@example.org").unwrap();
-    if unsafe { libc::geteuid() } == 0 {
-        give_to_nobody(&s.dir);
-    }
-    let (r, got) = f.poll("new", Link::Plain, CERT_NAME, "keep");
-    let r = r.expect(0);
-    assert_eq!(got.len(), 1, "{}", r.text());
-    fetched(&got[0], &new, "the new message");
-    let mut all = mail.clone();
-    all.push(new);
-    assert_eq!(on_disk(&s), all);
+    let all = f.new_mail(message_for("client-new"), Flags::empty(), &mail);
 
     // Without keep, fetching all: every message, then an empty mailbox.
-    let (r, got) = f.poll("last", Link::Plain, CERT_NAME, "no keep fetchall");
-    let r = r.expect(0);
-    assert_eq!(got.len(), all.len(), "{}", r.text());
-    for (i, (g, m)) in got.iter().zip(&all).enumerate() {
-        fetched(g, m, &format!("last poll, message {}", i + 1));
-    }
-    assert!(on_disk(&s).is_empty());
-    let left = fs::read(s.spool("alice")).unwrap();
-    assert!(!String::from_utf8_lossy(&left).contains("@postroom.test>"), "message text left in the mbox");
-    let (r, got) = f.poll("empty", Link::Plain, CERT_NAME, "keep fetchall");
-    r.expect(1);
-    assert!(got.is_empty());
+    f.fetch_and_delete_all(&all);
 }

@@ -20,20 +20,6 @@ use std::time::Duration;
 use postroom::store::Flags;
 use support::*;
 
-/// xorshift64*: deterministic, seeded.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
-
 fn spawn_child(dir: &Path, seed: u64, crash_at: Option<&str>) -> Child {
     let mut cmd = Command::new(std::env::current_exe().unwrap());
     cmd.args(["--ignored", "--exact", "crash_child", "--nocapture", "--test-threads=1"])
@@ -128,7 +114,7 @@ fn kill_at_random_instants() {
     for iter in 0..200 {
         let _ = fs::remove_file(t.path("log"));
         let mut child = spawn_child(t.dir.path(), rng.next(), None);
-        std::thread::sleep(Duration::from_micros(2000 + rng.below(60_000)));
+        std::thread::sleep(Duration::from_micros(2000 + rng.below(60_000) as u64));
         unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
         let _ = child.wait();
         ids = verify(t.dir.path(), &ids, &format!("iteration {iter}"));
@@ -178,7 +164,7 @@ fn crash_child() {
                 let mut uids = Vec::new();
                 let mut names = Vec::new();
                 for _ in 0..1 + rng.below(3) {
-                    let i = rng.below(mb.len() as u64) as usize;
+                    let i = rng.below(mb.len());
                     let id = id_of(&mb.message_bytes(i).unwrap()).unwrap();
                     uids.push(mb.messages()[i].uid);
                     names.push(id);
@@ -189,7 +175,7 @@ fn crash_child() {
             2 => {
                 // Enough keywords that the state block must grow: a rewrite
                 // from that message on.
-                let i = rng.below(mb.len() as u64) as usize;
+                let i = rng.below(mb.len());
                 let mut bits = 0u64;
                 for k in 0..(3 + rng.below(10)) {
                     if let Some(b) = mb.keyword_bit(&format!("kw-{round}-{k}-padding-long-name")) {

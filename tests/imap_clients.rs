@@ -13,186 +13,22 @@
 mod support;
 
 use std::fs;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::fs::PermissionsExt;
+use std::io::{BufRead, BufReader, Write};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
-use std::thread::{sleep, JoinHandle};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use postroom::store::{Flags, Mailbox};
+use postroom::store::Flags;
+use support::clients::*;
 use support::server::{give_to_nobody, Server};
 use support::*;
-
-/// How long one client run may take.
-const LIMIT: Duration = Duration::from_secs(90);
-
-/// The `hostname` of the test config: the generated certificate is made
-/// for it, localhost and 127.0.0.1.
-const CERT_NAME: &str = "test.example";
 
 /// The INTERNALDATE of the stored messages: 14-Nov-2023 22:13:20 +0000.
 const STORED: i64 = 1_700_000_000;
 
-/// `prog` on PATH, if it is there.
-fn installed(prog: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join(prog))
-        .find(|p| fs::metadata(p).map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false))
-}
-
-/// False, after saying so, when `prog` is missing.
-fn have(prog: &str) -> bool {
-    let found = installed(prog).is_some();
-    if !found {
-        println!("SKIP: {prog} not installed");
-    }
-    found
-}
-
-/// What a finished client left behind.
-struct Ran {
-    code: Option<i32>,
-    stdout: Vec<u8>,
-    stderr: Vec<u8>,
-    what: String,
-}
-
-impl Ran {
-    fn text(&self) -> String {
-        format!(
-            "{}\nexit: {:?}\n--- stdout\n{}\n--- stderr\n{}",
-            self.what,
-            self.code,
-            String::from_utf8_lossy(&self.stdout),
-            String::from_utf8_lossy(&self.stderr)
-        )
-    }
-
-    #[track_caller]
-    fn expect(self, code: i32) -> Ran {
-        assert_eq!(self.code, Some(code), "unexpected exit status:\n{}", self.text());
-        self
-    }
-
-    fn log(&self) -> String {
-        format!("{}{}", String::from_utf8_lossy(&self.stdout), String::from_utf8_lossy(&self.stderr))
-    }
-}
-
-fn drain(mut from: impl Read + Send + 'static) -> JoinHandle<Vec<u8>> {
-    std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = from.read_to_end(&mut v);
-        v
-    })
-}
-
-/// A client's process group, killed when this is dropped unreaped (a
-/// failed assertion while the client still runs).
-struct Group(Child);
-
-impl Drop for Group {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            // Still unreaped, so the group id is still this child's.
-            unsafe { libc::kill(-(self.0.id() as libc::pid_t), libc::SIGKILL) };
-            let _ = self.0.wait();
-        }
-    }
-}
-
-/// Runs `cmd` to its end, at most [`LIMIT`]: on expiry its process group
-/// (the client and whatever it started) is killed and the test fails.
-fn run(cmd: &mut Command) -> Ran {
-    let what = format!("{cmd:?}");
-    let child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
-    let mut g = Group(child);
-    let out = drain(g.0.stdout.take().unwrap());
-    let err = drain(g.0.stderr.take().unwrap());
-    let start = Instant::now();
-    let status = loop {
-        if let Some(status) = g.0.try_wait().unwrap() {
-            break Some(status);
-        }
-        if start.elapsed() > LIMIT {
-            break None;
-        }
-        sleep(Duration::from_millis(20));
-    };
-    drop(g);
-    let ran =
-        Ran { code: status.and_then(|s| s.code()), stdout: out.join().unwrap(), stderr: err.join().unwrap(), what };
-    assert!(status.is_some(), "still running after {LIMIT:?}, killed:\n{}", ran.text());
-    ran
-}
-
-/// Asserts two messages are the same bytes, showing them as text if not.
-#[track_caller]
-fn same(got: &[u8], want: &[u8], what: &str) {
-    assert!(
-        got == want,
-        "{what} differs\n--- got ({} bytes)\n{}\n--- want ({} bytes)\n{}",
-        got.len(),
-        String::from_utf8_lossy(got),
-        want.len(),
-        String::from_utf8_lossy(want)
-    );
-}
-
-/// Line-by-line equality; a failure lists every line that differs.
-#[track_caller]
-fn same_lines(got: &[String], want: &[String]) {
-    let mut diffs = Vec::new();
-    for i in 0..got.len().max(want.len()) {
-        let (g, w) = (got.get(i), want.get(i));
-        if g != w {
-            diffs.push(format!(
-                "line {}:\n   got: {}\n  want: {}",
-                i + 1,
-                g.map_or("(none)", |s| s),
-                w.map_or("(none)", |s| s)
-            ));
-        }
-    }
-    assert!(diffs.is_empty(), "{} of {} lines differ:\n{}", diffs.len(), want.len(), diffs.join("\n"));
-}
-
-fn file(dir: &Path, name: &str) -> Vec<u8> {
-    fs::read(dir.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
-}
-
 // ------------------------------------------------------------- messages
-
-/// A message of about two megabytes: lines of every length up to RFC 5322's
-/// 998, some starting with a dot or "From ".
-fn big() -> Vec<u8> {
-    let mut m =
-        b"From: big@example.org\r\nTo: alice@example.org\r\nSubject: big\r\nMessage-ID: <big@postroom.test>\r\n\r\n"
-            .to_vec();
-    for i in 0..4000usize {
-        let start: &[u8] = match i % 5 {
-            0 => b".",
-            1 => b"From ",
-            2 => b"..",
-            _ => b"",
-        };
-        m.extend_from_slice(start);
-        let len = (i * 37) % (999 - start.len());
-        m.extend((0..len).map(|j| b"abcdefghijklmnopqrstuvwxyz0123456789 "[(i + j) % 37]));
-        m.extend_from_slice(b"\r\n");
-    }
-    m
-}
 
 /// A multipart message: a text part and a base64 attachment.
 fn multipart() -> Vec<u8> {
@@ -224,41 +60,7 @@ fn inbox() -> Vec<Vec<u8>> {
 
 /// A running server with `messages` in alice's INBOX, stored as new mail.
 fn server_with(t: &Tmp, messages: &[Vec<u8>], extra: &str) -> Server {
-    fs::create_dir_all(t.path("spool")).unwrap();
-    {
-        let mut mb = open(&t.path("spool/alice"));
-        for m in messages {
-            mb.append(m, Flags::RECENT, &[], Some(STORED), "sender@example.org").unwrap();
-        }
-    }
-    Server::start(t.dir.path(), &["alice", "bob"], extra)
-}
-
-/// The server's generated certificate. postroomd listens before it has
-/// made the certificate, so a started server may not have it yet: wait
-/// (a client that reads it at once, like mbsync, would fail).
-fn cert(s: &Server) -> PathBuf {
-    let path = s.dir.join("tls/cert.pem");
-    let start = Instant::now();
-    while !path.exists() {
-        assert!(start.elapsed() < Duration::from_secs(20), "no certificate at {}", path.display());
-        sleep(Duration::from_millis(10));
-    }
-    path
-}
-
-/// A mailbox of alice's: INBOX or a folder.
-fn mailbox(s: &Server, name: &str) -> Mailbox {
-    if name == "INBOX" {
-        open(&s.spool("alice"))
-    } else {
-        open(&s.mail_dir("alice").join(name))
-    }
-}
-
-/// The messages of a mailbox as clients see them.
-fn on_disk(s: &Server, name: &str) -> Vec<Vec<u8>> {
-    contents(&mailbox(s, name)).into_iter().map(|(_, b)| b).collect()
+    support::clients::server_with(t, messages, Flags::RECENT, Some(STORED), extra)
 }
 
 /// UID, flags (without \Recent) and keywords of every message.
@@ -289,7 +91,7 @@ fn walk(s: &Server, dir: &Path, mode: &str, mut at: impl FnMut(&str)) -> Vec<Str
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/imap_walk.py");
     let out = dir.join("out");
     fs::create_dir_all(&out).unwrap();
-    let mut cmd = Command::new("python3");
+    let mut cmd = python3();
     cmd.arg(script)
         .arg(mode)
         .arg(&out)
@@ -853,11 +655,6 @@ fn python_imaplib_over_tls_and_starttls_verifies_the_generated_certificate() {
 
 // ------------------------------------------------------------------ curl
 
-/// curl, silent but for errors, as alice unless `args` says otherwise.
-fn curl(args: &[&str]) -> Ran {
-    run(Command::new("curl").args(["-sS", "--max-time", "60", "--user", "alice:secret-alice"]).args(args))
-}
-
 /// The LIST response for alice's mailboxes after her first login.
 const LIST_ALL: &str = "* LIST (\\HasNoChildren) \"/\" INBOX\r\n* LIST (\\HasNoChildren \\Archive) \"/\" Archive\r\n\
     * LIST (\\HasNoChildren \\Drafts) \"/\" Drafts\r\n* LIST (\\HasNoChildren \\Junk) \"/\" Junk\r\n\
@@ -1014,14 +811,6 @@ fn curl_imaps_and_starttls_with_the_generated_certificate() {
 
 // ---------------------------------------------------------------- mbsync
 
-/// How mbsync reaches the server.
-#[derive(Clone, Copy, Debug)]
-enum Link {
-    Plain,
-    Starttls,
-    Imaps,
-}
-
 /// mbsync with its own HOME, config and Maildir tree under `dir`,
 /// syncing alice's INBOX and Work both ways.
 struct Mbsync<'a> {
@@ -1043,7 +832,7 @@ impl Mbsync<'_> {
         let (port, tls) = match self.link {
             Link::Plain => (self.s.imap, "SSLType None\nAuthMechs LOGIN".to_string()),
             Link::Starttls => (self.s.imap, format!("SSLType STARTTLS\nCertificateFile {}", cert.display())),
-            Link::Imaps => (self.s.imaps, format!("SSLType IMAPS\nCertificateFile {}", cert.display())),
+            Link::Implicit => (self.s.imaps, format!("SSLType IMAPS\nCertificateFile {}", cert.display())),
         };
         let config = self.dir.join("mbsyncrc");
         fs::write(
@@ -1078,23 +867,12 @@ impl Mbsync<'_> {
 
     /// The near file that holds `want` (a message as the server has it).
     fn find(&self, name: &str, want: &[u8]) -> PathBuf {
-        let local = maildir_form(want);
+        let local = lf(want);
         let found: Vec<PathBuf> =
             self.messages(name).into_iter().filter(|(_, b)| strip_tuid(b) == local).map(|(p, _)| p).collect();
         assert_eq!(found.len(), 1, "{name}: {} copies of\n{}", found.len(), String::from_utf8_lossy(want));
         found.into_iter().next().unwrap()
     }
-}
-
-/// A message as mbsync keeps it in a Maildir: LF line ends.
-fn maildir_form(m: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(m.len());
-    for (i, &b) in m.iter().enumerate() {
-        if !(b == b'\r' && m.get(i + 1) == Some(&b'\n')) {
-            out.push(b);
-        }
-    }
-    out
 }
 
 /// A Maildir file without the X-TUID header mbsync adds to the header of
@@ -1148,7 +926,7 @@ fn mbsync_round_trip(link: Link) {
     let r = m.sync().expect(0);
     let said = match link {
         Link::Plain => "Password is being sent in the clear",
-        Link::Starttls | Link::Imaps => "Connection is now encrypted",
+        Link::Starttls | Link::Implicit => "Connection is now encrypted",
     };
     assert!(r.log().contains(said), "{}", r.text());
     assert_eq!(m.messages("INBOX").len(), inbox.len(), "{}", r.text());
@@ -1171,7 +949,7 @@ fn mbsync_round_trip(link: Link) {
     set_maildir_flags(&m.find("INBOX", &inbox[4]), "R");
     fs::remove_file(m.find("Work", &work[0])).unwrap();
     let new = message_for("work-new");
-    fs::write(m.near("Work").join("cur").join("1700000000.1_1.near:2,FS"), maildir_form(&new)).unwrap();
+    fs::write(m.near("Work").join("cur").join("1700000000.1_1.near:2,FS"), lf(&new)).unwrap();
     {
         // As another program would: the file changes under the server.
         let mut mb = mailbox(&s, "INBOX");
@@ -1204,7 +982,7 @@ fn mbsync_round_trip(link: Link) {
     assert_eq!(w[0], work[1]);
     // What mbsync uploaded is the message with CRLF line ends (and, if
     // mbsync marked it, its X-TUID header).
-    assert_eq!(strip_tuid(&maildir_form(&w[1])), maildir_form(&new));
+    assert_eq!(strip_tuid(&lf(&w[1])), lf(&new));
     let st = state(&s, "Work");
     assert_eq!(st[0], (2, Flags::SEEN, vec!["$Project".to_string()]));
     assert_eq!(st[1], (3, Flags::FLAGGED.union(Flags::SEEN), vec![]), "the uploaded message's flags");
@@ -1236,109 +1014,11 @@ fn mbsync_round_trip_over_starttls() {
 #[test]
 fn mbsync_round_trip_over_imaps() {
     if have("mbsync") {
-        mbsync_round_trip(Link::Imaps);
+        mbsync_round_trip(Link::Implicit);
     }
 }
 
 // ------------------------------------------------------------- fetchmail
-
-/// fetchmail's delivery agent: each message on stdin becomes the next
-/// numbered file in the directory $1.
-const DELIVER: &str = r#"#!/bin/sh
-set -e
-n=$(ls "$1" | wc -l)
-cat > "$1/.part"
-mv "$1/.part" "$1/$(printf %03d $((n + 1)))"
-"#;
-
-/// fetchmail polling alice over IMAP, with its home, rc files and
-/// deliveries in `dir`.
-struct Fetchmail<'a> {
-    s: &'a Server,
-    dir: &'a Path,
-}
-
-impl Fetchmail<'_> {
-    fn home(&self) -> PathBuf {
-        self.dir.join("home")
-    }
-
-    /// One poll as run `tag`; returns its output and the messages delivered.
-    fn poll(&self, tag: &str, link: Link, name: &str, options: &str) -> (Ran, Vec<Vec<u8>>) {
-        let home = self.home();
-        if !home.exists() {
-            fs::create_dir(&home).unwrap();
-            fs::set_permissions(&home, fs::Permissions::from_mode(0o700)).unwrap();
-            let deliver = self.dir.join("deliver");
-            fs::write(&deliver, DELIVER).unwrap();
-            fs::set_permissions(&deliver, fs::Permissions::from_mode(0o755)).unwrap();
-        }
-        let out = self.dir.join(format!("out-{tag}"));
-        fs::create_dir(&out).unwrap();
-        let cert = cert(self.s);
-        let verify = format!("sslcertck sslcertfile \"{}\" sslcommonname \"{name}\"", cert.display());
-        let (port, tls) = match link {
-            Link::Plain => (self.s.imap, "sslproto ''".to_string()),
-            Link::Starttls => (self.s.imap, format!("sslproto \"TLS1.2+\" {verify}")),
-            Link::Imaps => (self.s.imaps, format!("ssl {verify}")),
-        };
-        let rc = self.dir.join(format!("rc-{tag}"));
-        fs::write(
-            &rc,
-            format!(
-                "set no syslog\n\
-                 poll {CERT_NAME} via 127.0.0.1 with protocol IMAP port {port} timeout 30\n\
-                 \x20 user \"alice\" there with password \"secret-alice\"\n\
-                 \x20 {tls}\n\
-                 \x20 {options}\n\
-                 \x20 mda \"{} '{}'\"\n",
-                self.dir.join("deliver").display(),
-                out.display()
-            ),
-        )
-        .unwrap();
-        fs::set_permissions(&rc, fs::Permissions::from_mode(0o600)).unwrap();
-        // Never the invoking user's files, nor root's lock in /run (which
-        // would keep two polls from running at once); as root, the
-        // delivery agent runs as root too (fetchmail only warns).
-        let ran = run(Command::new("fetchmail")
-            .args(["--nosyslog", "-v", "-f"])
-            .arg(&rc)
-            .arg("--pidfile")
-            .arg(home.join("fetchmail.pid"))
-            .arg("--idfile")
-            .arg(home.join(".fetchids"))
-            .env("FETCHMAILHOME", &home)
-            .env("HOME", &home)
-            .env("LC_ALL", "C")
-            .env_remove("LANGUAGE")
-            .env_remove("FETCHMAILUSER")
-            .env_remove("LOGNAME")
-            .env_remove("USER"));
-        let mut names: Vec<String> =
-            fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
-        names.sort();
-        let got = names.iter().map(|n| file(&out, n)).collect();
-        (ran, got)
-    }
-}
-
-/// A message as fetchmail hands it to its delivery agent: LF line ends,
-/// after a Received header fetchmail adds.
-#[track_caller]
-fn fetched(got: &[u8], want: &[u8], what: &str) {
-    assert!(got.starts_with(b"Received: from "), "{what}: no Received header first:\n{}", String::from_utf8_lossy(got));
-    let mut rest = got;
-    let mut first = true;
-    while first || rest.starts_with(b" ") || rest.starts_with(b"\t") {
-        first = false;
-        let eol = rest.iter().position(|&b| b == b'\n').expect("header line end");
-        rest = &rest[eol + 1..];
-    }
-    let received = String::from_utf8_lossy(&got[..got.len() - rest.len()]).into_owned();
-    assert!(received.contains("with IMAP (fetchmail-"), "{what}: {received}");
-    same(rest, &maildir_form(want), what);
-}
 
 #[test]
 fn fetchmail_keeps_then_fetches_and_deletes_everything() {
@@ -1348,59 +1028,29 @@ fn fetchmail_keeps_then_fetches_and_deletes_everything() {
     let (t, c) = (Tmp::new(), Tmp::new());
     let mail = inbox();
     let s = server_with(&t, &mail, "");
-    let f = Fetchmail { s: &s, dir: c.dir.path() };
+    let f = Fetchmail { s: &s, dir: c.dir.path(), proto: Proto::Imap };
 
     // A certificate checked for a name it lacks: nothing is fetched.
-    let (r, got) = f.poll("wrong-name", Link::Imaps, "wrong.example", "keep");
-    let r = r.expect(2);
-    assert!(got.is_empty() && r.log().contains("certificate"), "{}", r.text());
+    let r = f.poll_expecting("wrong-name", Link::Implicit, "wrong.example", "keep", 2, &[]);
+    assert!(r.log().contains("certificate"), "{}", r.text());
     assert!(mailbox(&s, "INBOX").messages().iter().all(|m| m.flags == Flags::RECENT));
 
     // keep, over implicit TLS: all of them; the server keeps them and
     // marks them read (fetchmail stores \Seen after each).
-    let (r, got) = f.poll("first", Link::Imaps, CERT_NAME, "keep");
-    let r = r.expect(0);
+    let r = f.poll_expecting("first", Link::Implicit, CERT_NAME, "keep", 0, &mail);
     assert!(r.log().contains("SSL/TLS: using protocol TLSv1."), "{}", r.text());
-    assert_eq!(got.len(), mail.len(), "{}", r.text());
-    for (i, (g, m)) in got.iter().zip(&mail).enumerate() {
-        fetched(g, m, &format!("first poll, message {}", i + 1));
-    }
     assert_eq!(on_disk(&s, "INBOX"), mail);
     assert!(mailbox(&s, "INBOX").messages().iter().all(|m| m.flags == Flags::SEEN), "{}", r.text());
 
     // keep again, over STARTTLS: nothing unseen, nothing fetched
     // (fetchmail's exit status 1: no mail).
-    let (r, got) = f.poll("second", Link::Starttls, CERT_NAME, "keep");
-    let r = r.expect(1);
+    let r = f.poll_expecting("second", Link::Starttls, CERT_NAME, "keep", 1, &[]);
     assert!(r.log().contains("upgrade to TLS succeeded"), "{}", r.text());
-    assert!(got.is_empty(), "{}", r.text());
     assert_eq!(on_disk(&s, "INBOX"), mail);
 
     // New mail arrives: only it is fetched.
-    let new = message_for("fetchmail-new");
-    open(&s.spool("alice")).append(&new, Flags::RECENT, &[], None, "sender@example.org").unwrap();
-    if unsafe { libc::geteuid() } == 0 {
-        give_to_nobody(&s.dir);
-    }
-    let (r, got) = f.poll("new", Link::Plain, CERT_NAME, "keep");
-    let r = r.expect(0);
-    assert_eq!(got.len(), 1, "{}", r.text());
-    fetched(&got[0], &new, "the new message");
-    let mut all = mail.clone();
-    all.push(new);
-    assert_eq!(on_disk(&s, "INBOX"), all);
+    let all = f.new_mail(message_for("fetchmail-new"), Flags::RECENT, &mail);
 
     // Without keep, fetching all: every message, then an empty mailbox.
-    let (r, got) = f.poll("last", Link::Plain, CERT_NAME, "no keep fetchall");
-    let r = r.expect(0);
-    assert_eq!(got.len(), all.len(), "{}", r.text());
-    for (i, (g, m)) in got.iter().zip(&all).enumerate() {
-        fetched(g, m, &format!("last poll, message {}", i + 1));
-    }
-    assert!(on_disk(&s, "INBOX").is_empty(), "{}", r.text());
-    let left = fs::read(s.spool("alice")).unwrap();
-    assert!(!String::from_utf8_lossy(&left).contains("@postroom.test>"), "message text left in the mbox");
-    let (r, got) = f.poll("empty", Link::Plain, CERT_NAME, "keep fetchall");
-    r.expect(1);
-    assert!(got.is_empty());
+    f.fetch_and_delete_all(&all);
 }

@@ -8,11 +8,11 @@
 //! Any `NO`, `BAD` or `BYE`, a line without CRLF, a closed connection or
 //! a time-out is an error that names the server, the user and the command.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::Write;
 use std::time::{Duration, Instant};
 
-pub type Res<T> = Result<T, String>;
+use super::common::conn::Conn;
+use super::common::Res;
 
 /// How long the client waits for any reply before it calls the server hung.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(120);
@@ -74,14 +74,9 @@ impl Response<'_> {
 }
 
 pub struct Imap {
-    s: TcpStream,
-    buf: Vec<u8>,
-    pos: usize,
-    end: usize,
+    c: Conn,
     /// The current response's text (literals left out).
     text: Vec<u8>,
-    /// Octets read from the socket so far.
-    read_octets: u64,
     tag: u32,
     /// "postroom user carol": the start of every error message.
     who: String,
@@ -92,48 +87,13 @@ impl Imap {
     /// `buf` is the size of the read buffer (it grows for longer lines).
     pub fn connect(server: &str, port: u16, buf: usize) -> Res<Imap> {
         let who = server.to_string();
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let s = TcpStream::connect_timeout(&addr, Duration::from_secs(10))
-            .map_err(|e| format!("{who}: connect to {addr}: {e}"))?;
-        s.set_read_timeout(Some(REPLY_TIMEOUT)).map_err(|e| format!("{who}: {e}"))?;
-        s.set_write_timeout(Some(REPLY_TIMEOUT)).map_err(|e| format!("{who}: {e}"))?;
-        s.set_nodelay(true).map_err(|e| format!("{who}: {e}"))?;
-        let mut c =
-            Imap { s, buf: vec![0; buf.max(512)], pos: 0, end: 0, text: Vec::new(), read_octets: 0, tag: 0, who };
+        let conn = Conn::connect(&who, port, REPLY_TIMEOUT, buf)?;
+        let mut c = Imap { c: conn, text: Vec::new(), tag: 0, who };
         c.response(|_| Ok(())).map_err(|e| format!("{e} (waiting for the greeting)"))?;
         if !c.text.starts_with(b"* OK") {
             return Err(format!("{}: greeting {:?}", c.who, String::from_utf8_lossy(&c.text)));
         }
         Ok(c)
-    }
-
-    /// Fills the buffer with at least one more octet.
-    fn fill(&mut self) -> Res<()> {
-        if self.pos > 0 {
-            self.buf.copy_within(self.pos..self.end, 0);
-            self.end -= self.pos;
-            self.pos = 0;
-        }
-        if self.end == self.buf.len() {
-            let n = self.buf.len() * 2;
-            self.buf.resize(n, 0);
-        }
-        let n = loop {
-            match self.s.read(&mut self.buf[self.end..]) {
-                Ok(n) => break n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
-                    return Err(format!("{}: no reply in time", self.who))
-                }
-                Err(e) => return Err(format!("{}: read: {e}", self.who)),
-            }
-        };
-        if n == 0 {
-            return Err(format!("{}: connection closed by the server", self.who));
-        }
-        self.end += n;
-        self.read_octets += n as u64;
-        Ok(())
     }
 
     /// Reads one complete response into `self.text` (without its final
@@ -143,39 +103,24 @@ impl Imap {
         self.text.clear();
         let (mut octets, mut literals) = (0u64, 0u64);
         loop {
-            // One line.
-            let line_end = loop {
-                if let Some(i) = memchr::memchr(b'\n', &self.buf[self.pos..self.end]) {
-                    break self.pos + i + 1;
-                }
-                self.fill()?;
-            };
-            let line = &self.buf[self.pos..line_end];
-            if line.len() < 2 || line[line.len() - 2] != b'\r' {
-                return Err(format!("{}: line without CRLF: {:?}", self.who, String::from_utf8_lossy(line)));
-            }
+            let line = self.c.line(&self.who)?;
             let line = &line[..line.len() - 2];
             self.text.extend_from_slice(line);
-            self.pos = line_end;
             let Some(n) = literal_size(line) else { return Ok((octets, literals)) };
             literals += 1;
             octets += n;
             // The literal: taken from the buffer, then straight from the socket.
             let mut left = n;
             while left > 0 {
-                if self.pos == self.end {
-                    self.fill()?;
-                }
-                let take = left.min((self.end - self.pos) as u64) as usize;
-                lit(&self.buf[self.pos..self.pos + take])?;
-                self.pos += take;
-                left -= take as u64;
+                let piece = self.c.take(&self.who, left)?;
+                left -= piece.len() as u64;
+                lit(piece)?;
             }
         }
     }
 
     fn write(&mut self, bytes: &[u8]) -> Res<()> {
-        self.s.write_all(bytes).map_err(|e| format!("{}: write: {e}", self.who))
+        self.c.s.write_all(bytes).map_err(|e| format!("{}: write: {e}", self.who))
     }
 
     fn next_tag(&mut self) -> String {
@@ -194,7 +139,7 @@ impl Imap {
         mut lit: impl FnMut(&[u8]) -> Res<()>,
     ) -> Res<Done> {
         let mut t = Tally::default();
-        let read0 = self.read_octets - (self.end - self.pos) as u64;
+        let read0 = self.c.consumed();
         loop {
             let (lo, ln) = self.response(&mut lit).map_err(|e| format!("{e} (waiting for the reply to {shown})"))?;
             let text = &self.text;
@@ -205,7 +150,7 @@ impl Imap {
                 if !status.starts_with("OK") {
                     return Err(format!("{}: {shown} -> {status}", self.who));
                 }
-                t.octets = self.read_octets - (self.end - self.pos) as u64 - read0;
+                t.octets = self.c.consumed() - read0;
                 return Ok(Done { elapsed, at, tally: t, status });
             }
             if text.starts_with(b"* BYE") {
@@ -311,12 +256,12 @@ impl Imap {
                 break Err(format!("{who}: no notification within {timeout:?}"));
             }
             // Only the wait for the next octet is bounded by the deadline.
-            if self.pos == self.end {
-                self.s.set_read_timeout(Some(left.max(Duration::from_millis(1)))).map_err(|e| e.to_string())?;
+            if self.c.drained() {
+                self.c.s.set_read_timeout(Some(left.max(Duration::from_millis(1)))).map_err(|e| e.to_string())?;
             }
             let r = self.response(|_| Ok(()));
             let at = Instant::now();
-            let _ = self.s.set_read_timeout(Some(REPLY_TIMEOUT));
+            let _ = self.c.s.set_read_timeout(Some(REPLY_TIMEOUT));
             match r {
                 Ok((lo, ln)) => {
                     let r = Response { text: &self.text, literal_octets: lo, literals: ln };
@@ -359,16 +304,7 @@ impl Imap {
                 return Err(format!("{}: LOGOUT -> {}", self.who, String::from_utf8_lossy(&self.text)));
             }
         }
-        let mut b = [0u8; 64];
-        loop {
-            match self.s.read(&mut b) {
-                Ok(0) => return Ok(()),
-                Ok(_) => return Err(format!("{}: data after the reply to LOGOUT", self.who)),
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return Ok(()),
-                Err(e) => return Err(format!("{}: waiting for close after LOGOUT: {e}", self.who)),
-            }
-        }
+        self.c.wait_close(&self.who, "LOGOUT")
     }
 }
 

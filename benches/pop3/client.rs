@@ -1,22 +1,19 @@
 //! A small POP3 client for the benchmark: one reusable read buffer, lines
-//! found with memchr, and a check on every reply. Any `-ERR`, a line
-//! without CRLF, a closed connection or a wrong count is an error that
-//! names the server, the user and the command.
+//! found with memchr (benches/common/conn.rs), and a check on every reply.
+//! Any `-ERR`, a line without CRLF, a closed connection or a wrong count is
+//! an error that names the server, the user and the command.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::Write;
 use std::time::Duration;
 
-pub type Res<T> = Result<T, String>;
+use super::common::conn::Conn;
+use super::common::Res;
 
 /// How long the client waits for any reply before it calls the server hung.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub struct Pop3 {
-    s: TcpStream,
-    buf: Vec<u8>,
-    pos: usize,
-    end: usize,
+    c: Conn,
     /// "postroom user c07": the start of every error message.
     who: String,
 }
@@ -26,13 +23,8 @@ impl Pop3 {
     /// size of the read buffer (it grows for longer lines).
     pub fn connect(server: &str, port: u16, buf: usize) -> Res<Pop3> {
         let who = server.to_string();
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let s = TcpStream::connect_timeout(&addr, Duration::from_secs(10))
-            .map_err(|e| format!("{who}: connect to {addr}: {e}"))?;
-        s.set_read_timeout(Some(REPLY_TIMEOUT)).map_err(|e| format!("{who}: {e}"))?;
-        s.set_write_timeout(Some(REPLY_TIMEOUT)).map_err(|e| format!("{who}: {e}"))?;
-        s.set_nodelay(true).map_err(|e| format!("{who}: {e}"))?;
-        let mut p = Pop3 { s, buf: vec![0; buf.max(512)], pos: 0, end: 0, who };
+        let c = Conn::connect(&who, port, REPLY_TIMEOUT, buf)?;
+        let mut p = Pop3 { c, who };
         let g = p.status("greeting")?;
         if !g.starts_with("+OK") {
             return Err(format!("{}: greeting {g:?}", p.who));
@@ -40,40 +32,9 @@ impl Pop3 {
         Ok(p)
     }
 
-    /// One line with its CRLF. Errors at end of file, on a read error and
-    /// on a line that does not end in CRLF.
+    /// One line with its CRLF.
     fn line(&mut self) -> Res<&[u8]> {
-        loop {
-            if let Some(i) = memchr::memchr(b'\n', &self.buf[self.pos..self.end]) {
-                let start = self.pos;
-                self.pos += i + 1;
-                let l = &self.buf[start..self.pos];
-                if l.len() < 2 || l[l.len() - 2] != b'\r' {
-                    return Err(format!("{}: line without CRLF: {:?}", self.who, String::from_utf8_lossy(l)));
-                }
-                return Ok(l);
-            }
-            if self.pos > 0 {
-                self.buf.copy_within(self.pos..self.end, 0);
-                self.end -= self.pos;
-                self.pos = 0;
-            }
-            if self.end == self.buf.len() {
-                let n = self.buf.len() * 2;
-                self.buf.resize(n, 0);
-            }
-            let n = loop {
-                match self.s.read(&mut self.buf[self.end..]) {
-                    Ok(n) => break n,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                    Err(e) => return Err(format!("{}: read: {e}", self.who)),
-                }
-            };
-            if n == 0 {
-                return Err(format!("{}: connection closed by the server", self.who));
-            }
-            self.end += n;
-        }
+        self.c.line(&self.who)
     }
 
     /// A status line without CRLF.
@@ -90,7 +51,7 @@ impl Pop3 {
         let mut b = Vec::with_capacity(line.len() + 2);
         b.extend_from_slice(line.as_bytes());
         b.extend_from_slice(b"\r\n");
-        self.s.write_all(&b).map_err(|e| format!("{}: write: {e}", self.who))
+        self.c.s.write_all(&b).map_err(|e| format!("{}: write: {e}", self.who))
     }
 
     /// Sends `line`, reads the status line, requires `+OK`.
@@ -210,19 +171,9 @@ impl Pop3 {
     /// when the server is done with it).
     pub fn quit(mut self) -> Res<()> {
         self.cmd("QUIT")?;
-        if self.pos != self.end {
+        if !self.c.drained() {
             return Err(format!("{}: data after the reply to QUIT", self.who));
         }
-        let mut b = [0u8; 64];
-        loop {
-            match self.s.read(&mut b) {
-                Ok(0) => return Ok(()),
-                Ok(_) => return Err(format!("{}: data after the reply to QUIT", self.who)),
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                // A reset after QUIT still ends the session.
-                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return Ok(()),
-                Err(e) => return Err(format!("{}: waiting for close after QUIT: {e}", self.who)),
-            }
-        }
+        self.c.wait_close(&self.who, "QUIT")
     }
 }

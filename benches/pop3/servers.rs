@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::client::Res;
+use super::common::Res;
 
 /// How long a server may take to listen after it was started.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -178,20 +178,66 @@ pub struct Server {
     child: Option<Child>,
     pid: i32,
     logs: Vec<PathBuf>,
-    /// Ready means greeted with `* OK` (IMAP) rather than `+OK` (POP3).
-    imap: bool,
+    /// What it serves: ready means greeted with `+OK` (POP3) or `* OK` (IMAP).
+    protocol: Protocol,
+}
+
+/// The Dovecot binary: `$DOVECOT` or /usr/sbin/dovecot.
+fn dovecot_bin() -> PathBuf {
+    std::env::var_os("DOVECOT").map_or_else(|| PathBuf::from("/usr/sbin/dovecot"), PathBuf::from)
+}
+
+/// What `dovecot --version` says, or "?".
+pub fn dovecot_version() -> String {
+    Command::new(dovecot_bin())
+        .arg("--version")
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "?".into())
+}
+
+/// The protocol a server is started for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    Pop3,
+    Imap,
+}
+
+impl Protocol {
+    fn name(self) -> &'static str {
+        match self {
+            Protocol::Pop3 => "pop3",
+            Protocol::Imap => "imap",
+        }
+    }
 }
 
 impl Server {
     /// Starts postroomd on a free port with the tree [`postroom_tree`] made.
     pub fn postroom(dir: &Path, ids: &Ids, sessions: u32) -> Res<Server> {
+        Server::start_postroom(dir, ids, sessions, Protocol::Pop3, "postroom.conf", "postroomd.log")
+    }
+
+    /// Starts postroomd for IMAP on a free port with the tree
+    /// [`postroom_tree`] made, its config in `postroom-imap.conf` (for
+    /// `postroom deliver` too). Fails when the server does not greet with
+    /// `* OK` (a postroomd without IMAP closes the connection).
+    #[allow(dead_code)] // The IMAP benchmark's; the POP3 one does not use it.
+    pub fn postroom_imap(dir: &Path, ids: &Ids, sessions: u32) -> Res<Server> {
+        Server::start_postroom(dir, ids, sessions, Protocol::Imap, "postroom-imap.conf", "postroomd-imap.log")
+    }
+
+    /// Writes postroomd's config `conf` for `protocol` under `dir`, starts
+    /// it with its log in `log`, and waits for its greeting.
+    fn start_postroom(dir: &Path, ids: &Ids, sessions: u32, protocol: Protocol, conf: &str, log: &str) -> Res<Server> {
         let port = free_port()?;
         let user = if ids.root { "user nobody\n" } else { "" };
         // The connection caps are raised so that neither the 50 clients
         // (whose next session may connect before the thread of the last
         // has ended) nor the idle sessions are refused.
-        let conf = format!(
-            "listen pop3 127.0.0.1:{port}\n\
+        let text = format!(
+            "listen {} 127.0.0.1:{port}\n\
              passwd-file passwd\n\
              inbox spool/%u\n\
              mail-dir mail/%u\n\
@@ -200,14 +246,15 @@ impl Server {
              max-connections {sessions}\n\
              max-connections-per-ip {sessions}\n\
              log-level info\n\
-             {user}"
+             {user}",
+            protocol.name()
         );
-        let path = dir.join("postroom.conf");
-        write(&path, &conf)?;
+        let path = dir.join(conf);
+        write(&path, &text)?;
         if ids.root {
             chown_tree(&path, ids.uid, ids.gid)?;
         }
-        let log = dir.join("postroomd.log");
+        let log = dir.join(log);
         let err = fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
         let child = Command::new(env!("CARGO_BIN_EXE_postroomd"))
             .arg("-f")
@@ -218,7 +265,7 @@ impl Server {
             .spawn()
             .map_err(|e| format!("starting postroomd: {e}"))?;
         let pid = child.id() as i32;
-        let mut s = Server { name: "postroom", port, child: Some(child), pid, logs: vec![log], imap: false };
+        let mut s = Server { name: "postroom", port, child: Some(child), pid, logs: vec![log], protocol };
         s.wait_ready()?;
         Ok(s)
     }
@@ -236,118 +283,19 @@ impl Server {
     /// serve one session after another, which is allowed here because all
     /// users have the same uid).
     pub fn dovecot(dir: &Path, ids: &Ids, sessions: u32, reuse: bool) -> Res<Server> {
-        let bin = std::env::var_os("DOVECOT").map_or_else(|| PathBuf::from("/usr/sbin/dovecot"), PathBuf::from);
-        if !bin.exists() {
-            return Err(format!("{} is not installed (apt-get install dovecot-pop3d)", bin.display()));
-        }
-        let port = free_port()?;
-        let d = dir.display();
-        let (limit, clients) = (sessions + 100, 4 * sessions + 1000);
-        let mut c = format!(
-            "protocols = pop3\n\
-             listen = 127.0.0.1\n\
-             base_dir = {d}/run\n\
-             state_dir = {d}/state\n\
-             instance_name = postroom-bench-{port}\n\
-             log_path = {d}/dovecot.log\n\
-             ssl = no\n\
-             disable_plaintext_auth = no\n\
-             auth_mechanisms = plain\n\
-             first_valid_uid = {}\n\
-             last_valid_uid = 0\n\
-             first_valid_gid = {}\n\
-             mail_location = mbox:~/mail:INBOX=~/inbox\n\
-             mbox_write_locks = fcntl\n\
-             mbox_read_locks = fcntl\n\
-             mail_max_userip_connections = {limit}\n\
-             default_process_limit = {limit}\n\
-             default_client_limit = {clients}\n\
-             default_vsz_limit = 1G\n\
-             passdb {{\n  driver = passwd-file\n  args = scheme=PLAIN username_format=%u {d}/passwd\n}}\n\
-             userdb {{\n  driver = static\n  args = uid={} gid={} home={d}/home/%u\n}}\n\
-             service pop3-login {{\n  process_limit = {limit}\n  inet_listener pop3 {{\n    address = 127.0.0.1\n    port = {port}\n  }}\n  inet_listener pop3s {{\n    port = 0\n  }}\n}}\n\
-             service pop3 {{\n  process_limit = {limit}\n}}\n",
-            ids.uid.min(100),
-            ids.gid.min(1),
-            ids.uid,
-            ids.gid,
-        );
-        if reuse {
-            c.push_str(
-                "service pop3-login {\n  service_count = 0\n  process_min_avail = 2\n}\nservice pop3 {\n  service_count = 0\n}\n",
-            );
-        }
-        if !ids.root {
-            // Unprivileged: every process runs as this user, without chroot.
-            c.push_str(&format!(
-                "default_internal_user = {u}\ndefault_internal_group = {g}\ndefault_login_user = {u}\n\
-                 service anvil {{\n  chroot =\n}}\nservice pop3-login {{\n  chroot =\n}}\n",
-                u = ids.user,
-                g = ids.group
-            ));
-        }
-        let conf = dir.join("dovecot.conf");
-        write(&conf, &c)?;
-        let out = dir.join("dovecot.stdout");
-        let log = dir.join("dovecot.log");
-        let _ = fs::remove_file(&log);
-        let f = fs::File::create(&out).map_err(|e| format!("{}: {e}", out.display()))?;
-        let f2 = f.try_clone().map_err(|e| e.to_string())?;
-        let child = Command::new(&bin)
-            .arg("-F")
-            .arg("-c")
-            .arg(&conf)
-            .stdin(Stdio::null())
-            .stdout(f)
-            .stderr(f2)
-            .spawn()
-            .map_err(|e| format!("starting {}: {e}", bin.display()))?;
-        let pid = child.id() as i32;
         let name = if reuse { "Dovecot (reuse)" } else { "Dovecot" };
-        let mut s = Server { name, port, child: Some(child), pid, logs: vec![out, log], imap: false };
-        s.wait_ready()?;
-        Ok(s)
-    }
-
-    /// Starts postroomd for IMAP on a free port with the tree
-    /// [`postroom_tree`] made, its config in `postroom-imap.conf` (for
-    /// `postroom deliver` too). Fails when the server does not greet with
-    /// `* OK` (a postroomd without IMAP closes the connection).
-    #[allow(dead_code)] // The IMAP benchmark's; the POP3 one does not use it.
-    pub fn postroom_imap(dir: &Path, ids: &Ids, sessions: u32) -> Res<Server> {
-        let port = free_port()?;
-        let user = if ids.root { "user nobody\n" } else { "" };
-        let conf = format!(
-            "listen imap 127.0.0.1:{port}\n\
-             passwd-file passwd\n\
-             inbox spool/%u\n\
-             mail-dir mail/%u\n\
-             state-dir state\n\
-             hostname bench.example\n\
-             max-connections {sessions}\n\
-             max-connections-per-ip {sessions}\n\
-             log-level info\n\
-             {user}"
-        );
-        let path = dir.join("postroom-imap.conf");
-        write(&path, &conf)?;
-        if ids.root {
-            chown_tree(&path, ids.uid, ids.gid)?;
-        }
-        let log = dir.join("postroomd-imap.log");
-        let err = fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
-        let child = Command::new(env!("CARGO_BIN_EXE_postroomd"))
-            .arg("-f")
-            .arg(&path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(err)
-            .spawn()
-            .map_err(|e| format!("starting postroomd: {e}"))?;
-        let pid = child.id() as i32;
-        let mut s = Server { name: "postroom", port, child: Some(child), pid, logs: vec![log], imap: true };
-        s.wait_ready()?;
-        Ok(s)
+        Server::start_dovecot(dir, ids, sessions, Protocol::Pop3, name, |port, limit, _| {
+            let mut services = format!(
+                "service pop3-login {{\n  process_limit = {limit}\n  inet_listener pop3 {{\n    address = 127.0.0.1\n    port = {port}\n  }}\n  inet_listener pop3s {{\n    port = 0\n  }}\n}}\n\
+                 service pop3 {{\n  process_limit = {limit}\n}}\n"
+            );
+            if reuse {
+                services.push_str(
+                    "service pop3-login {\n  service_count = 0\n  process_min_avail = 2\n}\nservice pop3 {\n  service_count = 0\n}\n",
+                );
+            }
+            ("default_vsz_limit = 1G\n".into(), services)
+        })
     }
 
     /// Starts Dovecot for IMAP, configured as [`Server::dovecot`] configures
@@ -357,15 +305,41 @@ impl Server {
     /// dovecot-lda too).
     #[allow(dead_code)] // The IMAP benchmark's; the POP3 one does not use it.
     pub fn dovecot_imap(dir: &Path, ids: &Ids, sessions: u32) -> Res<Server> {
-        let bin = std::env::var_os("DOVECOT").map_or_else(|| PathBuf::from("/usr/sbin/dovecot"), PathBuf::from);
+        Server::start_dovecot(dir, ids, sessions, Protocol::Imap, "Dovecot", |port, limit, clients| {
+            let settings = "default_vsz_limit = 4G\npostmaster_address = postmaster@bench.example\n".to_string();
+            let services = format!(
+                "service imap-login {{\n  process_limit = {limit}\n  client_limit = {clients}\n  inet_listener imap {{\n    address = 127.0.0.1\n    port = {port}\n  }}\n  inet_listener imaps {{\n    port = 0\n  }}\n}}\n\
+                 service imap {{\n  process_limit = {limit}\n}}\n\
+                 protocol imap {{\n  mail_max_userip_connections = {limit}\n}}\n"
+            );
+            (settings, services)
+        })
+    }
+
+    /// Writes Dovecot's config for `protocol` (`dovecot.conf` for POP3,
+    /// `dovecot-imap.conf` for IMAP) with limits for `sessions`, starts it
+    /// and waits for its greeting. `extra(port, process limit, client
+    /// limit)` gives the settings that go before the databases and the
+    /// services that go after them.
+    fn start_dovecot(
+        dir: &Path,
+        ids: &Ids,
+        sessions: u32,
+        protocol: Protocol,
+        name: &'static str,
+        extra: impl FnOnce(u16, u32, u32) -> (String, String),
+    ) -> Res<Server> {
+        let bin = dovecot_bin();
+        let proto = protocol.name();
         if !bin.exists() {
-            return Err(format!("{} is not installed (apt-get install dovecot-imapd)", bin.display()));
+            return Err(format!("{} is not installed (apt-get install dovecot-{proto}d)", bin.display()));
         }
         let port = free_port()?;
         let d = dir.display();
         let (limit, clients) = (sessions + 100, 4 * sessions + 1000);
+        let (settings, services) = extra(port, limit, clients);
         let mut c = format!(
-            "protocols = imap\n\
+            "protocols = {proto}\n\
              listen = 127.0.0.1\n\
              base_dir = {d}/run\n\
              state_dir = {d}/state\n\
@@ -383,27 +357,25 @@ impl Server {
              mail_max_userip_connections = {limit}\n\
              default_process_limit = {limit}\n\
              default_client_limit = {clients}\n\
-             default_vsz_limit = 4G\n\
-             postmaster_address = postmaster@bench.example\n\
+             {settings}\
              passdb {{\n  driver = passwd-file\n  args = scheme=PLAIN username_format=%u {d}/passwd\n}}\n\
              userdb {{\n  driver = static\n  args = uid={} gid={} home={d}/home/%u\n}}\n\
-             service imap-login {{\n  process_limit = {limit}\n  client_limit = {clients}\n  inet_listener imap {{\n    address = 127.0.0.1\n    port = {port}\n  }}\n  inet_listener imaps {{\n    port = 0\n  }}\n}}\n\
-             service imap {{\n  process_limit = {limit}\n}}\n\
-             protocol imap {{\n  mail_max_userip_connections = {limit}\n}}\n",
+             {services}",
             ids.uid.min(100),
             ids.gid.min(1),
             ids.uid,
             ids.gid,
         );
         if !ids.root {
+            // Unprivileged: every process runs as this user, without chroot.
             c.push_str(&format!(
                 "default_internal_user = {u}\ndefault_internal_group = {g}\ndefault_login_user = {u}\n\
-                 service anvil {{\n  chroot =\n}}\nservice imap-login {{\n  chroot =\n}}\n",
+                 service anvil {{\n  chroot =\n}}\nservice {proto}-login {{\n  chroot =\n}}\n",
                 u = ids.user,
                 g = ids.group
             ));
         }
-        let conf = dir.join("dovecot-imap.conf");
+        let conf = dir.join(if protocol == Protocol::Imap { "dovecot-imap.conf" } else { "dovecot.conf" });
         write(&conf, &c)?;
         let out = dir.join("dovecot.stdout");
         let log = dir.join("dovecot.log");
@@ -420,7 +392,7 @@ impl Server {
             .spawn()
             .map_err(|e| format!("starting {}: {e}", bin.display()))?;
         let pid = child.id() as i32;
-        let mut s = Server { name: "Dovecot", port, child: Some(child), pid, logs: vec![out, log], imap: true };
+        let mut s = Server { name, port, child: Some(child), pid, logs: vec![out, log], protocol };
         s.wait_ready()?;
         Ok(s)
     }
@@ -441,7 +413,7 @@ impl Server {
                 }
             }
             if TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok() {
-                if self.imap {
+                if self.protocol == Protocol::Imap {
                     return imap_greeting(self.name(), addr);
                 }
                 // The probe is answered and dropped; a real greeting must follow.
@@ -523,6 +495,41 @@ impl Server {
             }
         }
         m
+    }
+
+    /// Rss and Pss in KiB summed over the server's processes named `names`.
+    #[allow(dead_code)] // The IMAP benchmark's; the POP3 one does not use it.
+    pub fn mem_named(&self, names: &[&str]) -> (u64, u64) {
+        self.procs()
+            .iter()
+            .filter(|p| names.contains(&p.comm.as_str()))
+            .filter_map(|p| smaps_rollup(p.pid))
+            .fold((0, 0), |(r, p), (r2, p2)| (r + r2, p + p2))
+    }
+
+    /// Waits until `settled` holds for the server's memory, for up to
+    /// `limit` from `since`; then `n` idle sessions did not settle.
+    pub fn wait_settled(&self, n: usize, since: Instant, limit: Duration, settled: impl Fn(&Mem) -> bool) -> Res<()> {
+        while !settled(&self.mem()) {
+            if since.elapsed() > limit {
+                return Err(format!("{}: {n} idle sessions did not settle: {:?}", self.name(), self.mem()));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(())
+    }
+
+    /// Waits up to 15 s for the server to have no more processes and
+    /// threads than `before`: to let sessions see their connections close
+    /// before the server stops.
+    pub fn wait_sessions_gone(&self, before: &Mem) {
+        let start = Instant::now();
+        while self.mem().procs > before.procs || self.mem().threads > before.threads {
+            if start.elapsed() > Duration::from_secs(15) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// CPU seconds used so far by the server: its live processes, and

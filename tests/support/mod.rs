@@ -1,9 +1,11 @@
 //! Shared helpers of the integration tests: temporary mail trees, message
-//! corpora, and mbox inspection.
+//! corpora, mbox inspection and a seeded random source; `server` runs
+//! postroomd, `clients` the real mail clients against it.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 
+pub mod clients;
 pub mod server;
 
 use postroom::store::{Mailbox, Options};
@@ -122,4 +124,21 @@ pub fn write_config(dir: &Path, users: &[&str], extra: &str) -> PathBuf {
     )
     .unwrap();
     conf
+}
+
+/// A small deterministic random source (xorshift64*), seeded.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// A number below `n` (0 when `n` is 0).
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
 }

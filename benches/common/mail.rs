@@ -1,11 +1,13 @@
-//! Mail for the IMAP benchmark: mbox files of a given number of generated
-//! messages (benches/mboxgen), and an outside delivery as an MTA makes it.
+//! Mail for the server benchmarks: mbox files of a given number of
+//! generated messages (benches/mboxgen), and an outside delivery as an MTA
+//! makes it.
 //!
-//! A mailbox is written with its state headers already in place
-//! (`X-IMAPbase` on the first message; `Status`, `X-Status`, `X-Keywords`
-//! and `X-UID` on each, as UW-IMAP and Dovecot write them), so both
-//! servers find UIDs and flags in the file and neither has to rewrite it
-//! when it first opens it.
+//! The IMAP benchmark writes a mailbox with its state headers already in
+//! place (`X-IMAPbase` on the first message; `Status`, `X-Status`,
+//! `X-Keywords` and `X-UID` on each, as UW-IMAP and Dovecot write them), so
+//! both servers find UIDs and flags in the file and neither has to rewrite
+//! it when it first opens it. The POP3 benchmark writes them as an MTA
+//! appends to a spool, without.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufWriter, Read, Write};
@@ -16,16 +18,18 @@ use std::time::{Duration, Instant};
 use postroom::store::state::{self, Base, Block};
 use postroom::store::{from_line, Mailbox, Options};
 
-use super::imap_client::Res;
-use super::mboxgen;
+use super::Res;
+use crate::mboxgen;
 
 /// How long an outside delivery waits for the mailbox's locks.
 const LOCK_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Writes `messages` generated messages to `path`, state headers
-/// included, and checks that postroom reads them all back without
-/// anything to write. Returns the file's size.
-pub fn write_mbox(path: &Path, messages: u32, seed: u64) -> Res<u64> {
+/// Writes `messages` generated messages to `path` (From_ line, with
+/// `with_state` the state headers, content, blank line) and has postroom
+/// open the file once, which otherwise writes its state headers; then
+/// checks that postroom reads them all back without anything to write.
+/// Returns the file's size.
+pub fn write_mbox(path: &Path, messages: u32, seed: u64, with_state: bool) -> Res<u64> {
     let err = |e: std::io::Error| format!("{}: {e}", path.display());
     let mut rng = mboxgen::Rng::new(seed);
     let mut w = BufWriter::with_capacity(4 << 20, File::create(path).map_err(err)?);
@@ -41,11 +45,15 @@ pub fn write_mbox(path: &Path, messages: u32, seed: u64) -> Res<u64> {
         content.clear();
         let m = mboxgen::message(&mut rng, n as u64, date, &mut content);
         let from = from_line::format(&m.sender, m.date);
-        let block = state::render(
-            &Block { base: (n == 1).then_some(&base), uid: n, flags: m.flags, keywords: &m.keywords },
-            None,
-        )
-        .ok_or("a state block did not render")?;
+        let block = if with_state {
+            state::render(
+                &Block { base: (n == 1).then_some(&base), uid: n, flags: m.flags, keywords: &m.keywords },
+                None,
+            )
+            .ok_or("a state block did not render")?
+        } else {
+            Vec::new()
+        };
         for part in [from.as_bytes(), b"\n", &block, &content, b"\n"] {
             w.write_all(part).map_err(err)?;
         }
