@@ -37,6 +37,11 @@ fn spawn_child(dir: &Path, seed: u64, crash_at: Option<&str>) -> Child {
 fn setup(dir: &Path, n: usize) -> Vec<String> {
     let _ = fs::remove_file(dir.join("box"));
     let _ = fs::remove_file(dir.join("log"));
+    // A fresh mailbox: a dotlock a killed child left (it may have died
+    // before writing its pid, and an empty dotlock is only stale by age)
+    // belongs to the old one.
+    let _ = fs::remove_file(dir.join("box.lock"));
+    let _ = fs::remove_file(dir.join("box.journal"));
     let mut mb = open(&dir.join("box"));
     let mut ids = Vec::new();
     for i in 0..n {
