@@ -111,6 +111,11 @@ pub fn run(config: Config, opts: &Options) -> i32 {
     if listeners.is_empty() {
         return fail(EX_CONFIG, "nothing to serve: no imap, imaps, pop3 or pop3s listener");
     }
+    for l in &listeners {
+        // The address as bound: with port 0 in the config, the port the
+        // kernel chose (what tests and scripts read back).
+        info!("server listening protocol={} address={} via={}", l.protocol, l.addr, l.via.name());
+    }
     if let Some(user) = &target_user {
         prepare_dirs(&config, user);
         if let Err(e) = privdrop::switch_to(user) {

@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -24,11 +24,6 @@ pub fn give_to_nobody(dir: &Path) {
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
 }
 
-/// A free TCP port on 127.0.0.1 (bound, then released).
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 pub struct Server {
     pub child: Child,
     pub dir: PathBuf,
@@ -42,12 +37,10 @@ pub struct Server {
 
 impl Server {
     /// Starts postroomd with users (password "secret-<user>", PLAIN hashes)
-    /// and extra config lines.
+    /// and extra config lines. Every listener is on 127.0.0.1 port 0: the
+    /// server binds what the kernel gives it and logs the address, which
+    /// is read back here (no port is picked and released before).
     pub fn start(dir: &Path, users: &[&str], extra: &str) -> Server {
-        let pop3 = free_port();
-        let pop3s = free_port();
-        let imap = free_port();
-        let imaps = free_port();
         // postroomd refuses to serve mail as root: under root (CI) it runs
         // as nobody, and the tree it works in becomes nobody's.
         let root = unsafe { libc::geteuid() } == 0;
@@ -56,7 +49,7 @@ impl Server {
             dir,
             users,
             &format!(
-                "listen pop3 127.0.0.1:{pop3}\nlisten pop3s 127.0.0.1:{pop3s}\nlisten imap 127.0.0.1:{imap}\nlisten imaps 127.0.0.1:{imaps}\ntls-cert tls/cert.pem\ntls-key tls/key.pem\nauth-failure-delay 1s\nlog-level debug\n{user}{extra}"
+                "listen pop3 127.0.0.1:0\nlisten pop3s 127.0.0.1:0\nlisten imap 127.0.0.1:0\nlisten imaps 127.0.0.1:0\ntls-cert tls/cert.pem\ntls-key tls/key.pem\nauth-failure-delay 1s\nlog-level debug\n{user}{extra}"
             ),
         );
         if root {
@@ -71,18 +64,26 @@ impl Server {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .expect("start postroomd");
-        let s = Server { child, dir: dir.to_path_buf(), conf, pop3, pop3s, imap, imaps, log };
-        s.wait_ready(pop3);
-        s.wait_ready(pop3s);
-        s.wait_ready(imap);
-        s.wait_ready(imaps);
+        let mut s = Server { child, dir: dir.to_path_buf(), conf, pop3: 0, pop3s: 0, imap: 0, imaps: 0, log };
+        let ports = s.bound_ports();
+        let port = |p: &str| *ports.iter().find(|(q, _)| q == p).map(|(_, n)| n).expect("listener in the log");
+        (s.pop3, s.pop3s, s.imap, s.imaps) = (port("pop3"), port("pop3s"), port("imap"), port("imaps"));
         s
     }
 
-    fn wait_ready(&self, port: u16) {
+    /// Waits for `server started` in the log and returns the
+    /// `server listening` lines before it as (protocol, port).
+    pub fn bound_ports(&mut self) -> Vec<(String, u16)> {
         let start = Instant::now();
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(start.elapsed() < Duration::from_secs(20), "postroomd did not listen: {}", self.log_text());
+        loop {
+            let text = self.log_text();
+            if text.contains("server started") {
+                return listening(&text);
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("postroomd exited with {status}: {text}");
+            }
+            assert!(start.elapsed() < Duration::from_secs(20), "postroomd did not start: {text}");
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -108,6 +109,19 @@ impl Server {
     pub fn spool(&self, user: &str) -> PathBuf {
         self.dir.join("spool").join(user)
     }
+}
+
+/// The `server listening protocol=P address=A:PORT` lines of a log.
+pub fn listening(log: &str) -> Vec<(String, u16)> {
+    log.lines()
+        .filter_map(|l| {
+            let rest = &l[l.find("server listening protocol=")? + "server listening protocol=".len()..];
+            let (proto, rest) = rest.split_once(' ')?;
+            let addr = rest.strip_prefix("address=")?.split(' ').next()?;
+            let port = addr.rsplit(':').next()?.parse().ok()?;
+            Some((proto.to_string(), port))
+        })
+        .collect()
 }
 
 impl Drop for Server {
