@@ -362,8 +362,10 @@ fn registry_shares_one_index_and_tells_every_subscriber() {
     assert_eq!(reg.open_count(), 1);
     let sub_a = a.subscribe();
     let sub_b = b.subscribe();
-    let (uid, ev) = a.write().append(b"Subject: x\r\n\r\ny\r\n", Flags::empty(), &[], None, "x").unwrap();
-    a.publish(&ev);
+    let mut w = a.write();
+    let (uid, ev) = w.append(b"Subject: x\r\n\r\ny\r\n", Flags::empty(), &[], None, "x").unwrap();
+    w.publish(&ev);
+    drop(w);
     assert_eq!(sub_b.events.try_recv().unwrap(), Event::Appended(vec![uid]));
     assert_eq!(sub_a.events.try_recv().unwrap(), Event::Appended(vec![uid]));
     // An outside append is noticed by refresh and published.

@@ -161,11 +161,11 @@ impl Session<'_> {
                 Err(StoreError::LockTimeout(_)) => Vec::new(),
                 Err(e) => return Err(e.into()),
             };
-            drop(mb);
             if !seen_now.is_empty() {
-                sel.sub.publish_to_others(&[Event::Flags(seen_now.clone())]);
+                sel.sub.publish_to_others(&mb, &[Event::Flags(seen_now.clone())]);
             }
-            shared.publish(&flushed);
+            mb.publish(&flushed);
+            drop(mb);
         }
         let add_flags = !seen_now.is_empty() && !items.contains(&FetchAttr::Flags);
         let mut missing = false;

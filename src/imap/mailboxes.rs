@@ -278,8 +278,9 @@ impl Session<'_> {
         };
         let uids: Vec<u32> = src.read().messages().iter().map(|m| m.uid).collect();
         super::messages::copy_uids(&src, &uids, &dst)?;
-        let events = src.write().expunge(&uids)?;
-        src.publish(&events);
+        let mut mb = src.write();
+        let events = mb.expunge(&uids)?;
+        mb.publish(&events);
         Ok(())
     }
 
@@ -475,12 +476,12 @@ impl Session<'_> {
         // A new message is recent (RFC 3501 §2.3.2).
         f.insert(Flags::RECENT);
         let kws: Vec<&str> = keywords.iter().map(String::as_str).collect();
-        let (uid, uidvalidity, events) = {
+        let (uid, uidvalidity) = {
             let mut mb = target.write();
             let (uid, events) = mb.append(message, f, &kws, date.map(|d| d.epoch), "MAILER-DAEMON")?;
-            (uid, mb.uidvalidity(), events)
+            mb.publish(&events);
+            (uid, mb.uidvalidity())
         };
-        target.publish(&events);
         self.stats.appended += 1;
         Ok(format!("[APPENDUID {uidvalidity} {uid}] Append completed."))
     }

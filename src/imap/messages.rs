@@ -93,12 +93,11 @@ pub(super) fn copy_uids(src: &Arc<Shared>, uids: &[u32], dst: &Arc<Shared>) -> R
                     Ok(ev) => events.extend(ev),
                     Err(e2) => log::error!("copy rollback-failed mailbox={} {e2}", dst.path().display()),
                 }
-                drop(mb);
-                dst.publish(&events);
+                mb.publish(&events);
                 return Err(e.into());
             }
+            mb.publish(&events);
         }
-        dst.publish(&events);
     }
     Ok(done)
 }
@@ -175,8 +174,9 @@ impl Session<'_> {
 
     pub(super) fn cmd_check(&mut self) -> Done {
         let sel = self.selected();
-        let events = sel.shared.write().flush()?;
-        sel.shared.publish(&events);
+        let mut mb = sel.shared.write();
+        let events = mb.flush()?;
+        mb.publish(&events);
         Ok("Check completed.".into())
     }
 
@@ -193,10 +193,10 @@ impl Session<'_> {
                     let uids = deleted_uids(&mb, &sel.uids, None);
                     if !uids.is_empty() {
                         let events = mb.expunge(&uids)?;
+                        sel.sub.publish_to_others(&mb, &events);
                         // The POP3 lock goes before the mailbox lock.
                         drop(guard);
                         drop(mb);
-                        sel.sub.publish_to_others(&events);
                         self.stats.expunged += uids.len() as u64;
                     }
                 }
@@ -225,11 +225,12 @@ impl Session<'_> {
             let mut mb = sel.shared.write();
             let _guard = pop_guard(inbox.as_deref(), &state_dir)?;
             let uids = deleted_uids(&mb, &sel.uids, within.as_deref());
-            mb.expunge(&uids)?
+            let events = mb.expunge(&uids)?;
+            // Everyone, this session included: its report after the
+            // command sends the EXPUNGE responses.
+            mb.publish(&events);
+            events
         };
-        // Everyone, this session included: its report after the command
-        // sends the EXPUNGE responses.
-        sel.shared.publish(&events);
         let n = events.iter().map(|e| if let Event::Expunged(u) = e { u.len() } else { 0 }).sum::<usize>();
         self.stats.expunged += n as u64;
         Ok("Expunge completed.".into())
@@ -359,11 +360,11 @@ impl Session<'_> {
                 Vec::new()
             }
         };
-        drop(mb);
         if !changed.is_empty() {
-            sel.sub.publish_to_others(&[Event::Flags(changed)]);
+            sel.sub.publish_to_others(&mb, &[Event::Flags(changed)]);
         }
-        shared.publish(&flushed);
+        mb.publish(&flushed);
+        drop(mb);
         // Messages expunged by another session meanwhile keep no flags:
         // nothing to do for them, and nothing to complain about (RFC 3501
         // §7.4.1 leaves it open; other servers answer OK).
@@ -410,23 +411,26 @@ impl Session<'_> {
             return Ok(format!("[{code}] Copy completed."));
         }
         let moved: Vec<u32> = pairs.iter().map(|p| p.0).collect();
-        let events = {
+        {
             let mut mb = src.write();
             match pop_guard(inbox.as_deref(), &state_dir) {
-                Ok(_guard) => mb.expunge(&moved)?,
+                Ok(_guard) => {
+                    let events = mb.expunge(&moved)?;
+                    mb.publish(&events);
+                }
                 Err(e) => {
                     // A POP3 session began during the copy: take the
                     // copies back rather than leave the messages twice.
                     drop(mb);
                     let copies: Vec<u32> = pairs.iter().map(|p| p.1).collect();
-                    let ev = dst.write().expunge(&copies)?;
-                    dst.publish(&ev);
+                    let mut d = dst.write();
+                    let ev = d.expunge(&copies)?;
+                    d.publish(&ev);
                     return Err(e);
                 }
             }
-        };
+        }
         write!(self.conn, "* OK [{code}] Moved UIDs.\r\n")?;
-        src.publish(&events);
         self.stats.expunged += moved.len() as u64;
         Ok("Move completed.".into())
     }

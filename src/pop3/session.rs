@@ -610,13 +610,11 @@ impl<'a> Session<'a> {
                 n
             }
             Err(e) => {
-                drop(mb);
-                shared.publish(&events);
+                mb.publish(&events);
                 return Err(e);
             }
         };
-        drop(mb);
-        shared.publish(&events);
+        mb.publish(&events);
         Ok(n)
     }
 

@@ -119,6 +119,26 @@ struct Pseudo {
     state: Option<(u64, u32)>,
 }
 
+/// What an index rebuilt from the whole file may rely on from before.
+#[derive(Debug)]
+struct Prev {
+    uidvalidity: u32,
+    uidnext: u32,
+    /// The UIDs the index had, ascending.
+    uids: Vec<u32>,
+}
+
+/// What [`Mailbox::build`] was given.
+enum Build<'a> {
+    /// The whole file: the base and the pseudo-message are taken afresh;
+    /// with what the index knew before, if anything.
+    Whole(Option<&'a Prev>),
+    /// The file from message `from` on (after an append): the base and the
+    /// pseudo-message stay; `disk_uidnext` is what the base in the file
+    /// says now (another process may have given out UIDs).
+    Tail { from: usize, disk_uidnext: Option<u32> },
+}
+
 /// An open mbox and its index.
 #[derive(Debug)]
 pub struct Mailbox {
@@ -142,6 +162,23 @@ pub struct Mailbox {
     first_unpersisted: Option<usize>,
     /// fcntl read locks are per open file: one per mailbox, counted.
     readers: Mutex<Option<(u32, MboxLock)>>,
+}
+
+/// Creates an empty mbox file at `path` if there is none (mode 0600, no
+/// symlink followed).
+pub fn create_file(path: &Path) -> Result<(), StoreError> {
+    match OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Err(StoreError::NoSuchMailbox(path.display().to_string())),
+        Err(e) => Err(StoreError::io(format!("create {}", path.display()), e)),
+    }
 }
 
 fn now() -> i64 {
@@ -281,11 +318,29 @@ impl Mailbox {
         };
         let old = if keep_previous { Some(std::mem::take(&mut self.messages)) } else { None };
         let old_uidvalidity = self.uidvalidity;
-        self.build(raws, 0, keep_previous.then_some(old_uidvalidity));
+        let prev = old.as_ref().map(|o| Prev {
+            uidvalidity: self.uidvalidity,
+            uidnext: self.uidnext,
+            uids: o.iter().map(|m| m.uid).collect(),
+        });
+        let replaced = id.ino != self.id.ino || id.dev != self.id.dev;
+        self.build(raws, Build::Whole(prev.as_ref()));
         self.id = id;
         let mut events = Vec::new();
         if let Some(old) = old {
             if self.uidvalidity != old_uidvalidity {
+                // Every client downloads the mailbox again: say why.
+                let why = match (&self.disk_base, replaced) {
+                    (_, true) => "the file was replaced by another with another base",
+                    (Some(_), false) => "another program wrote another base into the file",
+                    (None, false) => "the file lost its base",
+                };
+                log::warn!(
+                    "store uidvalidity-changed path={} old={old_uidvalidity} new={} messages={} reason=\"{why}\"",
+                    self.path.display(),
+                    self.uidvalidity,
+                    self.messages.len()
+                );
                 events.push(Event::Reset(self.uidvalidity));
                 return Ok(events);
             }
@@ -326,6 +381,27 @@ impl Mailbox {
         Ok(events)
     }
 
+    /// The base as the file has it now, read from where the index says
+    /// the base carrier is (the pseudo-message or the first message).
+    /// The caller holds a lock.
+    fn base_in_file(&self) -> Result<Option<Base>, StoreError> {
+        let (hdr_off, body_off) = match (&self.pseudo, self.messages.first()) {
+            (Some(_), _) => (0, self.pseudo.as_ref().map_or(0, |p| p.end)),
+            (None, Some(m)) => (m.hdr_off, m.body_off),
+            (None, None) => return Ok(None),
+        };
+        // State lines come first in our headers and last in UW-IMAP's and
+        // Dovecot's; a header is rarely longer than this.
+        let len = (body_off - hdr_off).min(256 << 10) as usize;
+        let hdr = self.read_at(hdr_off, len)?;
+        for line in hdr.split(|&b| b == b'\n') {
+            if matches!(state::classify(line), Some(StateHeader::ImapBase) | Some(StateHeader::Imap)) {
+                return Ok(state::parse_base(state::value(line)));
+            }
+        }
+        Ok(None)
+    }
+
     fn scan_error(&self, e: io::Error) -> StoreError {
         if e.kind() == io::ErrorKind::InvalidData {
             StoreError::Corrupt(self.path.clone(), e.to_string())
@@ -334,67 +410,100 @@ impl Mailbox {
         }
     }
 
-    /// Turns scanned messages into index entries, replacing messages from
-    /// index `from` on. With `from == 0` the mailbox base is taken afresh.
-    fn build(&mut self, raws: Vec<RawMessage>, from: usize, keep_uidvalidity: Option<u32>) {
+    /// Turns scanned messages into index entries: the whole file afresh,
+    /// or the messages from some index on (an append).
+    ///
+    /// Which X-UIDs are believed: those that ascend, lie below the UIDNEXT
+    /// the file's base gives, and could have been given out by a writer
+    /// that knew that base: a UID the previous index knew, or one at or
+    /// above the UIDNEXT it had reached. Anything else (a forged header the
+    /// MTA let through, mutt's copy of a message from another folder, a
+    /// file without a base) gets a fresh UID, so no UID ever names two
+    /// messages under one UIDVALIDITY (RFC 3501 §2.3.1.1).
+    fn build(&mut self, raws: Vec<RawMessage>, mode: Build<'_>) {
         let mut raws = raws.into_iter().peekable();
-        if from == 0 {
-            self.pseudo = None;
-            let mut base: Option<Base> = None;
-            if let Some(r) = raws.peek() {
-                if r.pseudo {
+        let tail_known: Vec<u32> = match &mode {
+            Build::Tail { from, .. } => {
+                self.messages[(*from).min(self.messages.len())..].iter().map(|m| m.uid).collect()
+            }
+            Build::Whole(_) => Vec::new(),
+        };
+        let floor = match &mode {
+            Build::Whole(prev) => prev.map(|p| (p.uidnext, &p.uids[..])),
+            Build::Tail { .. } => Some((self.uidnext, &tail_known[..])),
+        };
+        let (from, limit) = match mode {
+            Build::Whole(prev) => {
+                self.pseudo = None;
+                let mut base: Option<Base> = None;
+                if raws.peek().is_some_and(|r| r.pseudo) {
                     let r = raws.next().expect("peeked");
                     base = r.base.clone();
                     self.pseudo = Some(Pseudo { end: r.end, state: r.state });
                 }
-            }
-            if base.is_none() {
-                base = raws.peek().and_then(|r| r.base.clone());
-            }
-            self.disk_base = base.clone().map(|mut b| {
-                b.keywords.truncate(MAX_KEYWORDS);
-                b
-            });
-            match base {
-                Some(b) => {
-                    self.uidvalidity = b.uidvalidity;
-                    self.uidnext = b.uidnext.max(1);
-                    self.keywords = b.keywords;
-                    self.keywords.truncate(MAX_KEYWORDS);
+                if base.is_none() && self.pseudo.is_none() {
+                    base = raws.peek().and_then(|r| r.base.clone());
                 }
-                None => {
-                    // The base is lost (new mailbox, or a tool deleted the
-                    // first message): keep the UIDVALIDITY we knew, if any,
-                    // and then the UIDNEXT too, so that no UID is given out
-                    // twice under one UIDVALIDITY (RFC 3501 §2.3.1.1).
-                    match keep_uidvalidity.filter(|&v| v != 0) {
-                        Some(v) => {
-                            self.uidvalidity = v;
-                            self.uidnext = self.uidnext.max(1);
-                        }
-                        None => {
-                            self.uidvalidity = new_uidvalidity();
-                            self.uidnext = 1;
-                        }
+                self.disk_base = base.clone().map(|mut b| {
+                    b.keywords.truncate(MAX_KEYWORDS);
+                    b
+                });
+                let limit = match base {
+                    Some(b) => {
+                        self.uidvalidity = b.uidvalidity;
+                        self.uidnext = b.uidnext.max(1);
+                        self.keywords = b.keywords;
+                        self.keywords.truncate(MAX_KEYWORDS);
+                        Some(self.uidnext)
                     }
-                    self.keywords.clear();
-                }
+                    None => {
+                        // The base is lost (new mailbox, or a tool deleted
+                        // the first message): keep the UIDVALIDITY we knew,
+                        // and then the UIDNEXT too, so that no UID is given
+                        // out twice under one UIDVALIDITY.
+                        match prev.filter(|p| p.uidvalidity != 0) {
+                            Some(p) => {
+                                self.uidvalidity = p.uidvalidity;
+                                self.uidnext = p.uidnext.max(1);
+                            }
+                            None => {
+                                self.uidvalidity = new_uidvalidity();
+                                self.uidnext = 1;
+                            }
+                        }
+                        self.keywords.clear();
+                        // Without a base no X-UID means anything, except
+                        // those the previous index knew.
+                        Some(self.uidnext)
+                    }
+                };
+                self.messages.clear();
+                (0, limit)
             }
-            self.messages.clear();
-        } else {
-            self.messages.truncate(from);
-        }
-        let has_base_limit = self.disk_base.is_some();
-        let base_uidnext = self.uidnext;
+            Build::Tail { from, disk_uidnext } => {
+                self.messages.truncate(from);
+                // Another process may have given out UIDs meanwhile; with no
+                // base in the file, nobody has.
+                if let Some(n) = disk_uidnext {
+                    self.uidnext = self.uidnext.max(n);
+                }
+                (from, Some(disk_uidnext.unwrap_or(self.uidnext)))
+            }
+        };
         let mut last = self.messages.last().map_or(0, |m| m.uid);
         let mut pending = Vec::new();
         for r in raws {
-            // A UID is believed only if it keeps the order and is below the
-            // base's UIDNEXT; otherwise (mutt copied a message with its
-            // X-UID from another folder, or a crash came between writing a
-            // message and its base) the message gets a new one.
-            let uid_ok = r.uid > last && (!has_base_limit || from > 0 || r.uid < base_uidnext);
-            let uid = if uid_ok { r.uid } else { 0 };
+            if r.pseudo {
+                // A stray pseudo-message (left by a broken writer): internal
+                // data, never a message. `postroom mailbox repair` removes it.
+                log::warn!("store stray-pseudo-message path={} offset={}", self.path.display(), r.from_off);
+                continue;
+            }
+            let u = r.uid;
+            let uid_ok = u > last
+                && limit.is_none_or(|n| u < n)
+                && floor.is_none_or(|(next, known)| u >= next || known.binary_search(&u).is_ok());
+            let uid = if uid_ok { u } else { 0 };
             if uid_ok {
                 last = uid;
             }
@@ -404,6 +513,9 @@ impl Mailbox {
                     kw |= 1 << i;
                 }
             }
+            // The first message carries the base when there is no
+            // pseudo-message; a base anywhere else is rewritten away.
+            let carrier = from == 0 && self.pseudo.is_none() && pending.is_empty();
             pending.push(Message {
                 uid,
                 flags: r.flags,
@@ -419,7 +531,7 @@ impl Mailbox {
                 has_state: r.has_state,
                 raw_body: r.raw_body,
                 dirty: false,
-                persisted: uid_ok && r.has_state,
+                persisted: uid_ok && r.has_state && (carrier || r.base.is_none()),
             });
         }
         self.uidnext = self.uidnext.max(last.saturating_add(1));
@@ -498,18 +610,24 @@ impl Mailbox {
             // move if the file did not end in a newline).
             let from_idx = self.messages.len() - 1;
             let start = self.messages[from_idx].from_off;
-            let (raws, id) = {
+            let (raws, id, base) = {
                 let _r = lock::lock_read(&self.file, &self.path, &self.opts.lock)?;
                 let meta = self.file.metadata().map_err(io_err(&self.path, "stat"))?;
                 let id = FileId::of(&meta);
                 let s = scan::scan(&self.file, start, id.size, self.opts.format).map_err(|e| self.scan_error(e))?;
-                (s.messages, id)
+                (s.messages, id, self.base_in_file()?)
             };
-            if raws.first().is_some_and(|r| r.from_off == start) {
+            let same_base = match (&base, &self.disk_base) {
+                (Some(b), Some(d)) => b.uidvalidity == d.uidvalidity,
+                (None, None) => true,
+                _ => false,
+            };
+            if same_base && raws.first().is_some_and(|r| r.from_off == start) {
                 let last_known = self.messages.last().map(|m| (m.uid, m.flags, m.keywords, m.dirty, m.persisted));
                 let old_len = self.messages.len();
                 {
-                    self.build(raws, from_idx, None);
+                    let disk_uidnext = base.map(|b| b.uidnext);
+                    self.build(raws, Build::Tail { from: from_idx, disk_uidnext });
                     // The re-parsed last message keeps its identity.
                     if let (Some((uid, flags, kw, dirty, persisted)), Some(m)) =
                         (last_known, self.messages.get_mut(from_idx))

@@ -44,5 +44,5 @@ pub mod transform;
 pub mod watch;
 
 pub use mailbox::{Event, Mailbox, Message, Options};
-pub use registry::{Registry, Shared, Subscription, Waker};
+pub use registry::{Registry, Shared, Subscription, Waker, Writer};
 pub use state::Flags;

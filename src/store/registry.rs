@@ -63,8 +63,10 @@ impl Subscription {
     }
 
     /// Sends events to every other subscriber (changes this session made
-    /// and reports itself, such as its own flag changes).
-    pub fn publish_to_others(&self, events: &[Event]) {
+    /// and reports itself, such as its own flag changes), while the change
+    /// is still held under `w` (see [`Writer::publish`]).
+    pub fn publish_to_others(&self, w: &Writer<'_>, events: &[Event]) {
+        debug_assert!(std::ptr::eq(w.shared, &*self.shared));
         self.shared.publish_filtered(events, Some(self.id));
     }
 
@@ -123,9 +125,10 @@ impl Shared {
     }
 
     /// Exclusive access. Whoever changes the mailbox through this must
-    /// [`publish`](Self::publish) the events the change returned.
-    pub fn write(&self) -> RwLockWriteGuard<'_, Mailbox> {
-        self.mailbox.write().unwrap_or_else(|p| p.into_inner())
+    /// [`publish`](Writer::publish) the events the change returned before
+    /// letting go.
+    pub fn write(&self) -> Writer<'_> {
+        Writer { shared: self, guard: self.mailbox.write().unwrap_or_else(|p| p.into_inner()) }
     }
 
     /// Receives every event published from now on.
@@ -138,12 +141,6 @@ impl Shared {
         };
         self.subscribers.lock().unwrap_or_else(|p| p.into_inner()).push(Subscriber { id, tx, waker: None });
         Subscription { shared: Arc::clone(self), id, events: rx }
-    }
-
-    /// Sends events to every subscriber (the sender's own subscription
-    /// included: each session filters what it caused itself).
-    pub fn publish(&self, events: &[Event]) {
-        self.publish_filtered(events, None);
     }
 
     fn publish_filtered(&self, events: &[Event], except: Option<u64>) {
@@ -167,9 +164,40 @@ impl Shared {
         if !self.read().changed()? {
             return Ok(());
         }
-        let events = self.write().refresh()?;
-        self.publish(&events);
+        let mut w = self.write();
+        let events = w.refresh()?;
+        w.publish(&events);
         Ok(())
+    }
+}
+
+/// The mailbox held for writing. Events are published through it, while
+/// the change is still held: a session that looks at the mailbox after
+/// the change (and finds nothing left to refresh) then finds its events
+/// waiting too, so what one command's report says is complete.
+pub struct Writer<'a> {
+    shared: &'a Shared,
+    guard: RwLockWriteGuard<'a, Mailbox>,
+}
+
+impl Writer<'_> {
+    /// Sends events to every subscriber (the sender's own subscription
+    /// included: each session filters what it caused itself).
+    pub fn publish(&self, events: &[Event]) {
+        self.shared.publish_filtered(events, None);
+    }
+}
+
+impl std::ops::Deref for Writer<'_> {
+    type Target = Mailbox;
+    fn deref(&self) -> &Mailbox {
+        &self.guard
+    }
+}
+
+impl std::ops::DerefMut for Writer<'_> {
+    fn deref_mut(&mut self) -> &mut Mailbox {
+        &mut self.guard
     }
 }
 
@@ -179,11 +207,23 @@ impl Shared {
 pub const WARM: usize = 64;
 
 /// The registry: path to shared mailbox.
+///
+/// Opening a mailbox reads and indexes its file, which takes a while for a
+/// large one: that happens under the mailbox's own slot only, never under
+/// the map that every other mailbox needs, so one big or locked mailbox
+/// holds up nobody else. Two sessions opening the same mailbox at once
+/// wait for one index, never build two.
 #[derive(Debug)]
 pub struct Registry {
-    map: Mutex<HashMap<PathBuf, Weak<Shared>>>,
+    map: Mutex<HashMap<PathBuf, Arc<Slot>>>,
     warm: Mutex<VecDeque<Arc<Shared>>>,
     warm_max: usize,
+}
+
+/// One mailbox's place in the registry: held while the mailbox is opened.
+#[derive(Debug, Default)]
+struct Slot {
+    open: Mutex<Weak<Shared>>,
 }
 
 impl Default for Registry {
@@ -216,30 +256,35 @@ impl Registry {
     /// this process has it open; otherwise the open one, refreshed.
     pub fn open(&self, path: &Path, opts: &Options, create: bool) -> Result<Arc<Shared>, StoreError> {
         // One entry per file, however the path was spelled.
-        if create && !path.exists() {
-            // Created here so that the key below is the canonical one.
-            drop(Mailbox::open(path, opts, true)?);
+        if create {
+            // Made here so that the key below is the canonical one.
+            super::mailbox::create_file(path)?;
         }
         let key = std::fs::canonicalize(path).map_err(|_| StoreError::NoSuchMailbox(path.display().to_string()))?;
-        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(shared) = map.get(&key).and_then(Weak::upgrade) {
-            drop(map);
+        let slot = {
+            let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+            // Entries nobody holds and whose mailbox is closed go. A slot
+            // another thread took from the map is kept: it may be opening
+            // it right now, and a second slot would make a second index.
+            map.retain(|_, s| Arc::strong_count(s) > 1 || s.open.try_lock().map_or(true, |w| w.strong_count() > 0));
+            Arc::clone(map.entry(key.clone()).or_default())
+        };
+        let mut open = slot.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(shared) = open.upgrade() {
+            drop(open);
             shared.refresh()?;
             self.keep_warm(&shared);
             return Ok(shared);
         }
-        // Opening under the registry lock keeps two sessions from indexing
-        // the same file at once; other mailboxes wait only for this one.
         let mailbox = Mailbox::open(path, opts, create)?;
         let shared = Arc::new(Shared {
-            path: key.clone(),
+            path: key,
             mailbox: RwLock::new(mailbox),
             subscribers: Mutex::new(Vec::new()),
             next_id: Mutex::new(0),
         });
-        map.retain(|_, w| w.strong_count() > 0);
-        map.insert(key, Arc::downgrade(&shared));
-        drop(map);
+        *open = Arc::downgrade(&shared);
+        drop(open);
         self.keep_warm(&shared);
         Ok(shared)
     }
@@ -255,6 +300,7 @@ impl Registry {
 
     /// How many mailboxes are open (for tests and statistics).
     pub fn open_count(&self) -> usize {
-        self.map.lock().unwrap_or_else(|p| p.into_inner()).values().filter(|w| w.strong_count() > 0).count()
+        let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        map.values().filter(|s| s.open.try_lock().map_or(true, |w| w.strong_count() > 0)).count()
     }
 }

@@ -52,9 +52,12 @@ pub struct RawMessage {
     pub state: Option<(u64, u32)>,
     /// True if any state header (not counting Content-Length) was seen.
     pub has_state: bool,
-    /// `X-IMAPbase:` (or `X-IMAP:`) found in this message.
+    /// `X-IMAPbase:` (or `X-IMAP:`) found in this message. Only the first
+    /// message's is the mailbox's; one anywhere else is stale or forged.
     pub base: Option<Base>,
-    /// `X-IMAP:` marks UW-IMAP's and Dovecot's "FOLDER INTERNAL DATA" pseudo-message.
+    /// UW-IMAP's and Dovecot's "FOLDER INTERNAL DATA" pseudo-message: the
+    /// first message with `X-IMAP:`, or any message with `X-IMAP:` and the
+    /// pseudo-message's subject (a stray one a broken writer left behind).
     pub pseudo: bool,
     /// The body is delimited by a verified Content-Length and is not unquoted.
     pub raw_body: bool,
@@ -68,6 +71,10 @@ impl RawMessage {
         self.hdr_size + self.body_size
     }
 }
+
+/// What the subject of a pseudo-message says (UW-IMAP's words, which
+/// Dovecot and postroom write too).
+pub const PSEUDO_SUBJECT: &[u8] = b"FOLDER INTERNAL DATA";
 
 const CHUNK: usize = 1 << 20;
 /// A header line longer than this ends the header: the rest is body.
@@ -257,10 +264,11 @@ fn find_separator(file: &File, at: u64, limit: u64) -> io::Result<Option<u64>> {
                 return Ok(Some(off + i as u64 + 1));
             }
         }
-        if n < 1000 {
+        if off + n as u64 >= limit {
             break;
         }
-        // Overlap so a line cut at the chunk's end is seen whole next time.
+        // Overlap so a line cut at the chunk's end is seen whole next time
+        // (a chunk is a MiB, so this always moves on).
         off += (n - 1000) as u64;
     }
     Ok(None)
@@ -335,6 +343,8 @@ fn scan_message(
     // in the message.
     let mut blank_crlf = false;
     let mut last_had_nl = false;
+    let mut ximap = false;
+    let mut internal_subject = false;
 
     // Header.
     loop {
@@ -349,6 +359,7 @@ fn scan_message(
                 m.end = at;
             }
             m.body_off = m.end;
+            m.pseudo = ximap && (first || internal_subject);
             finish_state(&mut m, state_run, state_broken, status_seen);
             return Ok(m);
         }
@@ -360,6 +371,7 @@ fn scan_message(
             m.end = if at > hdr_off { at - 1 } else { at };
             m.hdr_size -= last_nl_size;
             m.body_off = m.end;
+            m.pseudo = ximap && (first || internal_subject);
             finish_state(&mut m, state_run, state_broken, status_seen);
             return Ok(m);
         }
@@ -383,7 +395,8 @@ fn scan_message(
             _ => match state::classify(line) {
                 Some(kind) => {
                     let v = state::value(trim_nl(line));
-                    apply_state(&mut m, kind, v, first, &mut content_length, &mut status_seen);
+                    ximap |= kind == StateHeader::Imap;
+                    apply_state(&mut m, kind, v, &mut content_length, &mut status_seen);
                     if kind != StateHeader::ContentLength {
                         match state_run {
                             None if !state_broken => state_run = Some((at, at + n as u64)),
@@ -398,6 +411,9 @@ fn scan_message(
             },
         };
         if !hidden {
+            if line.len() > 8 && line[..8].eq_ignore_ascii_case(b"Subject:") {
+                internal_subject |= memmem::find(line, PSEUDO_SUBJECT).is_some();
+            }
             let bare = has_nl && !(n >= 2 && line[n - 2] == b'\r');
             let quoted = rd && is_quoted_from(line);
             last_nl_size = if has_nl { 1 + bare as u64 } else { 0 };
@@ -409,6 +425,7 @@ fn scan_message(
         buf.consume(n);
     }
 
+    m.pseudo = ximap && (first || internal_subject);
     // A verified Content-Length delimits the body exactly (Dovecot writes
     // one and does not quote `From ` lines).
     let mut forced_end = None;
@@ -579,22 +596,11 @@ fn apply_state(
     m: &mut RawMessage,
     kind: StateHeader,
     v: &[u8],
-    first: bool,
     content_length: &mut Option<u64>,
     status_seen: &mut bool,
 ) {
     match kind {
-        StateHeader::ImapBase => {
-            if first {
-                m.base = state::parse_base(v);
-            }
-        }
-        StateHeader::Imap => {
-            if first {
-                m.base = state::parse_base(v);
-                m.pseudo = m.base.is_some();
-            }
-        }
+        StateHeader::ImapBase | StateHeader::Imap => m.base = state::parse_base(v),
         StateHeader::Uid => m.uid = state::parse_u32(v).unwrap_or(0),
         StateHeader::Status => {
             *status_seen = true;

@@ -1,0 +1,211 @@
+//! Regression tests of the store for what was seen under real load (issue
+//! 8: mail is sacred). Each is named after the finding it reproduces; each
+//! failed before its fix.
+
+mod support;
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use postroom::store::{scan, Flags, Mailbox, MboxFormat, Registry};
+use support::*;
+
+/// Runs `f` on a thread and gives up on it after `secs`: a hang is a
+/// failure with a message, not a test run that never ends.
+fn within<T: Send + 'static>(secs: u64, what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(Duration::from_secs(secs)).unwrap_or_else(|_| panic!("{what} did not finish in {secs} s"))
+}
+
+fn mbox_of(messages: &[Vec<u8>]) -> Vec<u8> {
+    let mut data = Vec::new();
+    for m in messages {
+        data.extend_from_slice(b"From sender@example.org Thu Nov 26 16:01:55 2026\n");
+        data.extend_from_slice(m);
+        data.extend_from_slice(b"\n");
+    }
+    data
+}
+
+fn big_message(n: usize) -> Vec<u8> {
+    let mut m = b"Subject: attachment\n\n".to_vec();
+    while m.len() < n {
+        m.extend_from_slice(b"QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVphYmNkZWZnaGlqa2xtbm9wcXJzdHV2d3h5ejAx\n");
+    }
+    m
+}
+
+/// Finding 5: the split scan's separator search stopped advancing once
+/// its window was the 1000-byte overlap, so a file whose last message is
+/// larger than its share of the file was scanned for ever.
+#[test]
+fn issue8_5_split_scan_of_a_file_ending_in_a_large_message_finishes() {
+    let t = Tmp::new();
+    let path = t.path("mbox");
+    let msgs = vec![b"Subject: small\n\nhello\n".to_vec(), big_message(3 << 20)];
+    fs::write(&path, mbox_of(&msgs)).unwrap();
+    let len = fs::metadata(&path).unwrap().len();
+    for threads in [2, 3, 8] {
+        let p = path.clone();
+        let split = within(20, "the split scan", move || {
+            let f = File::open(&p).unwrap();
+            scan::scan_with(&f, 0, len, MboxFormat::Mboxrd, threads, 1).unwrap().messages
+        });
+        let f = File::open(&path).unwrap();
+        let one = scan::scan_sequential(&f, 0, len, MboxFormat::Mboxrd).unwrap().messages;
+        assert_eq!(split, one, "{threads} threads");
+        assert_eq!(one.len(), 2);
+    }
+    // One message larger than the whole share: a spool holding one message.
+    fs::write(&path, mbox_of(&[big_message(2 << 20)])).unwrap();
+    let len = fs::metadata(&path).unwrap().len();
+    let p = path.clone();
+    let n = within(20, "the split scan", move || {
+        let f = File::open(&p).unwrap();
+        scan::scan_with(&f, 0, len, MboxFormat::Mboxrd, 2, 1).unwrap().messages.len()
+    });
+    assert_eq!(n, 1);
+}
+
+/// Finding 5: `Registry::open` indexed a mailbox while holding the lock
+/// of the whole registry, so one mailbox that was slow to open (a large
+/// one, or one another program kept locked) held up every other user's
+/// login. Here user A's mailbox is held by a dotlock of a live process
+/// with a recovery journal pending (opening it must wait for the lock);
+/// user B's opens at once all the same.
+#[test]
+fn issue8_5_one_mailbox_slow_to_open_holds_up_nobody_else() {
+    let t = Tmp::new();
+    let (a, b) = (t.path("a"), t.path("b"));
+    for p in [&a, &b] {
+        let mut mb = open(p);
+        mb.append(b"Subject: x\n\nx\n", Flags::empty(), &[], None, "s").unwrap();
+    }
+    // A journal makes the next open take the write lock to recover; our own
+    // live pid in the dotlock keeps it busy.
+    fs::write(postroom::store::journal::journal_path(&a), b"").unwrap();
+    let mut lock = OpenOptions::new().write(true).create_new(true).mode(0o644).open(t.path("a.lock")).unwrap();
+    writeln!(lock, "{}", std::process::id()).unwrap();
+    let registry = std::sync::Arc::new(Registry::new());
+    let mut o = opts();
+    o.lock.timeout = Duration::from_secs(30);
+    let (r, oa) = (std::sync::Arc::clone(&registry), o.clone());
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let res = r.open(&a, &oa, false).map(|s| s.read().len());
+        let _ = tx.send(res.is_ok());
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let (r, ob) = (std::sync::Arc::clone(&registry), o.clone());
+    let n = within(10, "opening another user's mailbox", move || r.open(&b, &ob, false).unwrap().read().len());
+    assert_eq!(n, 1);
+    assert!(rx.try_recv().is_err(), "the locked mailbox opened although it was locked");
+    fs::remove_file(t.path("a.lock")).unwrap();
+    assert!(rx.recv_timeout(Duration::from_secs(10)).unwrap(), "the locked mailbox opens once the lock is gone");
+}
+
+/// Finding 2: a mailbox emptied to its pseudo-message, then given one
+/// message by the MTA, then another: the second append was parsed as the
+/// tail from the first message on, and that was taken for a parse of the
+/// whole file. The pseudo-message and the base were forgotten, a new
+/// UIDVALIDITY was made up and written into the message after the
+/// pseudo-message (two states in one file), and the next expunge of
+/// everything wrote a second pseudo-message that was then served as mail.
+#[test]
+fn issue8_2_append_after_a_pseudo_message_keeps_the_base() {
+    let t = Tmp::new();
+    let path = t.path("inbox");
+    let mut mb = open(&path);
+    let (uid, _) = mb.append(b"Subject: one\n\n1\n", Flags::empty(), &[], None, "s").unwrap();
+    mb.expunge(&[uid]).unwrap();
+    let (uidvalidity, uidnext) = (mb.uidvalidity(), mb.uidnext());
+    assert!(fs::read_to_string(&path).unwrap().contains("FOLDER INTERNAL DATA"));
+    let mta = |body: &str| {
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        write!(f, "From mta@example.org Thu Nov 26 16:01:55 2026\nSubject: {body}\n\n{body}\n\n").unwrap();
+    };
+    mta("first");
+    mb.refresh().unwrap();
+    assert_eq!(mb.len(), 1);
+    mta("second");
+    mb.refresh().unwrap();
+    assert_eq!(mb.len(), 2);
+    assert_eq!(mb.uidvalidity(), uidvalidity, "UIDVALIDITY changed");
+    assert_eq!(mb.messages().iter().map(|m| m.uid).collect::<Vec<_>>(), vec![uidnext, uidnext + 1]);
+    mb.flush().unwrap();
+    let text = fs::read_to_string(&path).unwrap();
+    assert_eq!(text.matches("X-IMAP").count(), 1, "one base in the file:\n{text}");
+    // Everything expunged again: one pseudo-message, never served.
+    let uids: Vec<u32> = mb.messages().iter().map(|m| m.uid).collect();
+    mb.expunge(&uids).unwrap();
+    let text = fs::read_to_string(&path).unwrap();
+    assert_eq!(text.matches("FOLDER INTERNAL DATA").count(), 1, "{text}");
+    let again = open(&path);
+    assert_eq!((again.len(), again.uidvalidity(), again.uidnext()), (0, uidvalidity, uidnext + 2));
+}
+
+/// Finding 2: a file that a broken writer left with two states (a
+/// pseudo-message, and a base on the message after it) and a stray second
+/// pseudo-message: the pseudo-messages are never served, and the
+/// pseudo-message's base is the mailbox's, as UW-IMAP and Dovecot read it.
+#[test]
+fn issue8_2_stray_pseudo_messages_are_never_served() {
+    let t = Tmp::new();
+    let path = t.path("inbox");
+    let pseudo = |v: u32, last: u32| {
+        format!(
+            "From MAILER-DAEMON Thu Nov 26 16:01:55 2026\nDate: Thu, 26 Nov 2026 16:01:55 +0000\n\
+             From: Mail System Internal Data <MAILER-DAEMON@example.org>\n\
+             Subject: DON'T DELETE THIS MESSAGE -- FOLDER INTERNAL DATA\nX-IMAP: {v} {last:010}\nStatus: RO\n\n\
+             This text is part of the internal format of your mail folder, and is not\na real message.\n\n"
+        )
+    };
+    let mut text = pseudo(1700000000, 1130);
+    text.push_str("From a@example.org Thu Nov 26 16:01:55 2026\nX-IMAPbase: 1700000555 0000001115\nX-UID: 1114\nSubject: a\n\na\n\n");
+    text.push_str(&pseudo(1700000555, 1115));
+    text.push_str("From b@example.org Thu Nov 26 16:01:55 2026\nX-UID: 1115\nSubject: b\n\nb\n\n");
+    fs::write(&path, &text).unwrap();
+    let mb = Mailbox::open(&path, &opts(), false).unwrap();
+    let served: Vec<Vec<u8>> = (0..mb.len()).map(|i| mb.message_bytes(i).unwrap()).collect();
+    assert_eq!(served, vec![b"Subject: a\r\n\r\na\r\n".to_vec(), b"Subject: b\r\n\r\nb\r\n".to_vec()]);
+    assert_eq!(mb.uidvalidity(), 1700000000);
+    assert_eq!(mb.messages().iter().map(|m| m.uid).collect::<Vec<_>>(), vec![1114, 1115]);
+    assert_eq!(mb.uidnext(), 1131);
+}
+
+/// Finding 2, and the rule behind it: an X-UID that the MTA let through
+/// from a sender (or mutt copied from another folder) is not a UID unless
+/// a writer that knew the mailbox's base could have given it.
+#[test]
+fn issue8_2_forged_x_uid_in_new_mail_is_not_believed() {
+    let t = Tmp::new();
+    let path = t.path("inbox");
+    let mut mb = open(&path);
+    let mut uids = Vec::new();
+    for i in 0..5 {
+        uids.push(mb.append(format!("Subject: {i}\n\n{i}\n").as_bytes(), Flags::empty(), &[], None, "s").unwrap().0);
+    }
+    mb.expunge(&uids[1..4]).unwrap();
+    let next = mb.uidnext();
+    let mta = |uid: u32| {
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        write!(f, "From mta@example.org Thu Nov 26 16:01:55 2026\nX-UID: {uid}\nSubject: forged\n\nx\n\n").unwrap();
+    };
+    // A UID that was given before (and expunged), and one far ahead.
+    mta(uids[2]);
+    mb.refresh().unwrap();
+    mta(4_000_000_000);
+    mb.refresh().unwrap();
+    let got: Vec<u32> = mb.messages().iter().map(|m| m.uid).collect();
+    assert_eq!(got, vec![uids[0], uids[4], next, next + 1]);
+    mb.flush().unwrap();
+    let again = open(&path);
+    assert_eq!(again.messages().iter().map(|m| m.uid).collect::<Vec<_>>(), got);
+    assert_eq!(again.uidnext(), next + 2);
+}
