@@ -8,28 +8,53 @@
 //! `<mbox>.journal` and flushed to disk. The steps:
 //!
 //! 1. journal data (the old tail), fsync; journal header, fsync;
-//! 2. the new tail is written at `P` (read from the journal, never from the
+//! 2. the file is extended to `top = max(old_len, new_len)` first, so that
+//!    from here on, whatever the moment of a crash, the file is exactly
+//!    `top` bytes long and anything beyond `top` was written by somebody
+//!    else after the crash;
+//! 3. the new tail is written at `P` (read from the journal, never from the
 //!    bytes being overwritten), and when it is shorter, the byte at the new
 //!    end is set to `X` so recovery can tell "not yet truncated" from
 //!    "truncated, then appended to"; fsync;
-//! 3. a commit mark is appended to the journal, fsync;
-//! 4. the mbox is truncated to its new length, fsync; the journal removed.
+//! 4. a commit mark is appended to the journal, fsync;
+//! 5. the mbox is truncated to its new length, fsync; the journal removed.
+//!
+//! An append is a rewrite of the empty tail at `old_len`: journal header,
+//! fsync, extend to `old_len + n`, write, fsync, remove the journal.
 //!
 //! Recovery, under the mailbox locks, before the mailbox is read: an
 //! incomplete journal is discarded (the mbox was not touched yet); an
 //! uncommitted one is rolled back (the old tail written back); a committed
-//! one is rolled forward (the truncation finished). Bytes that another
-//! writer appended after the crash are kept. Expunging the last message of
-//! a large mailbox costs the size of that message, not of the mailbox.
+//! one is rolled forward (the truncation finished). The MTA may have
+//! appended while we were down (Postfix's `local` knows nothing of the
+//! journal): those bytes are kept, all of them and nothing else, moved to
+//! where the mailbox now ends. Since that move overwrites bytes of the
+//! file, it is journaled itself: the foreign bytes are saved in a rescue
+//! record at the end of the journal first, and a phase mark says when they
+//! are in place, so a crash during recovery is recovered from too.
+//! Expunging the last message of a large mailbox costs the size of that
+//! message, not of the mailbox.
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-const MAGIC: &[u8; 16] = b"postroom-jrnl-1\n";
+/// Journals of this version: the file is extended to `top` before the
+/// first write (see the module documentation).
+const MAGIC: &[u8; 16] = b"postroom-jrnl-2\n";
+/// Journals of the first version (no extension first): foreign bytes are
+/// taken to start at `top` as well, the best that can be known.
+const MAGIC_V1: &[u8; 16] = b"postroom-jrnl-1\n";
 const HEADER: usize = 64;
+/// A byte of the header (outside its checksum) set once the file has been
+/// extended to `top`.
+const EXTENDED_AT: u64 = 48;
 const COMMIT: &[u8; 8] = b"COMMITTD";
+const RESCUE: &[u8; 8] = b"RESCUE01";
+/// A rescue record's header: magic, src_end, length, checksum, phase.
+const RESCUE_HEADER: u64 = 40;
 
 /// Where a mailbox's journal lives.
 pub fn journal_path(mbox: &Path) -> PathBuf {
@@ -89,7 +114,20 @@ pub fn rewrite_tail(file: &File, mbox: &Path, p: u64, old_len: u64, pieces: &[Pi
             journal.sync_data()?;
         }
         crash_point("journal-header");
-        // 2. The new tail, its sources read from the journal.
+        // 2. The file's length is `top` from now on (and the space for the
+        // new tail is taken before a byte of it is written).
+        if new_len > old_len {
+            crash_point("extending");
+            extend(file, old_len, new_len)?;
+            // Recovery must know the file grew: until it did, bytes past
+            // old_len are somebody else's.
+            journal.write_all_at(&[1], EXTENDED_AT)?;
+            if sync {
+                journal.sync_data()?;
+            }
+        }
+        crash_point("extended");
+        // 3. The new tail, its sources read from the journal.
         let mut at = p;
         let mut out = Vec::with_capacity(1 << 20);
         for piece in pieces {
@@ -125,13 +163,13 @@ pub fn rewrite_tail(file: &File, mbox: &Path, p: u64, old_len: u64, pieces: &[Pi
             file.sync_data()?;
         }
         crash_point("tail-synced");
-        // 3. Commit.
+        // 4. Commit.
         journal.write_all_at(COMMIT, HEADER as u64 + (old_len - p))?;
         if sync {
             journal.sync_data()?;
         }
         crash_point("committed");
-        // 4. Truncate, forget the journal.
+        // 5. Truncate, forget the journal.
         if new_len < old_len {
             file.set_len(new_len)?;
             crash_point("truncated");
@@ -172,7 +210,7 @@ fn header(p: u64, old_len: u64, new_len: u64) -> [u8; HEADER] {
 }
 
 fn parse_header(h: &[u8]) -> Option<(u64, u64, u64)> {
-    if h.len() < HEADER || &h[..16] != MAGIC {
+    if h.len() < HEADER || (&h[..16] != MAGIC && &h[..16] != MAGIC_V1) {
         return None;
     }
     let f = |i: usize| u64::from_le_bytes(h[i..i + 8].try_into().unwrap_or_default());
@@ -196,10 +234,48 @@ pub enum Recovery {
     RolledForward,
 }
 
+/// A rescue record: the bytes others appended after a crash, saved before
+/// they are moved.
+struct Rescue {
+    /// Where in the journal the record starts.
+    at: u64,
+    /// Offset in the mbox from which bytes were not saved yet when the
+    /// record was written (the file's length then).
+    src_end: u64,
+    /// Where the saved bytes are in the journal, and how many.
+    data: u64,
+    len: u64,
+    /// True once the base and the saved bytes were in place in the mbox
+    /// (only the truncation may be missing).
+    placed: bool,
+}
+
+fn rescue_sum(src_end: u64, len: u64) -> u64 {
+    src_end.rotate_left(17) ^ len.rotate_left(43) ^ 0x2545_f491_4f6c_dd1d
+}
+
+/// The last complete rescue record after `from`.
+fn last_rescue(journal: &File, from: u64, jlen: u64) -> io::Result<Option<Rescue>> {
+    let mut at = from;
+    let mut last = None;
+    while at + RESCUE_HEADER <= jlen {
+        let mut h = [0u8; RESCUE_HEADER as usize];
+        journal.read_exact_at(&mut h, at)?;
+        let f = |i: usize| u64::from_le_bytes(h[i..i + 8].try_into().unwrap_or_default());
+        let (src_end, len, sum, phase) = (f(8), f(16), f(24), f(32));
+        if &h[..8] != RESCUE || sum != rescue_sum(src_end, len) || at + RESCUE_HEADER + len > jlen {
+            break;
+        }
+        last = Some(Rescue { at, src_end, data: at + RESCUE_HEADER, len, placed: phase == 1 });
+        at += RESCUE_HEADER + len;
+    }
+    Ok(last)
+}
+
 /// Applies a journal left by a crash. The caller holds the write locks.
 pub fn recover(file: &File, mbox: &Path) -> io::Result<Recovery> {
     let jpath = journal_path(mbox);
-    let journal = match File::open(&jpath) {
+    let journal = match OpenOptions::new().read(true).write(true).open(&jpath) {
         Ok(j) => j,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Recovery::Nothing),
         Err(e) => return Err(e),
@@ -223,42 +299,159 @@ pub fn recover(file: &File, mbox: &Path) -> io::Result<Recovery> {
         journal.read_exact_at(&mut mark, data_end)?;
         &mark == COMMIT
     };
+    // Where the mailbox of our own making ends, and what must be there.
+    let (base_len, what) = if committed { (new_len, Recovery::RolledForward) } else { (old_len, Recovery::RolledBack) };
+    let rescues_at = data_end + 8;
     let cur = file.metadata()?.len();
-    let what = if committed {
-        if new_len < old_len {
-            let mut b = [0u8; 1];
-            let untruncated = cur > new_len && {
-                file.read_exact_at(&mut b, new_len)?;
-                b[0] == b'X'
-            };
-            if untruncated {
-                // Keep what others appended after old_len.
-                let extra = read_range(file, old_len, cur.saturating_sub(old_len))?;
-                file.set_len(new_len)?;
-                file.write_all_at(&extra, new_len)?;
+    // Foreign bytes already saved, and where the unsaved ones begin.
+    let rescue = last_rescue(&journal, rescues_at, jlen)?;
+    let (saved, foreign_from) = match &rescue {
+        Some(r) => {
+            let end = base_len + r.len;
+            if r.placed && !(cur > end && byte_at(file, end)? == Some(b'X')) {
+                // Placed and truncated: the mailbox is whole; what is past
+                // its end came after, in its place already.
+                file.sync_all()?;
+                drop(journal);
+                fs::remove_file(&jpath)?;
+                return Ok(what);
             }
+            (Some(r), r.src_end)
         }
-        Recovery::RolledForward
-    } else {
-        let top = old_len.max(new_len);
-        let extra = if cur > top { read_range(file, top, cur - top)? } else { Vec::new() };
-        copy_range(&journal, HEADER as u64, file, p, old_len - p)?;
-        file.set_len(old_len)?;
-        if !extra.is_empty() {
-            file.write_all_at(&extra, old_len)?;
+        None => {
+            let top = old_len.max(new_len);
+            let from = if committed && new_len < old_len {
+                // Not truncated yet if the mark at the new end is there.
+                if cur > new_len && byte_at(file, new_len)? == Some(b'X') {
+                    old_len
+                } else {
+                    new_len
+                }
+            } else if committed || top == old_len || h[EXTENDED_AT as usize] == 1 || &h[..16] == MAGIC_V1 {
+                if committed {
+                    new_len
+                } else {
+                    top
+                }
+            } else if cur > old_len && byte_at(file, old_len)? == Some(0) {
+                // The mark was lost with a power cut, the extension was
+                // not: nobody else's mail begins with a NUL.
+                top
+            } else {
+                // Killed before the file grew: nothing of ours is past
+                // old_len.
+                old_len
+            };
+            (None, from)
         }
-        Recovery::RolledBack
     };
+    let fresh = cur.saturating_sub(foreign_from);
+    let saved_len = saved.map_or(0, |r| r.len);
+    // Rolling back, a writer found our unfinished extension at the end of
+    // the file (no newline there) and may have begun with a newline of its
+    // own: that newline is not part of the mail.
+    let skip = if !committed && saved.is_none() && fresh > 6 && old_ends_with_newline(file, &journal, p, old_len)? {
+        let mut b = [0u8; 6];
+        file.read_exact_at(&mut b, foreign_from)?;
+        (&b == b"\nFrom ") as u64
+    } else {
+        0
+    };
+    if saved.is_none() && foreign_from + skip == base_len {
+        // Whatever others wrote is where it belongs already.
+        if !committed {
+            copy_range(&journal, HEADER as u64, file, p, old_len - p)?;
+        }
+        file.sync_all()?;
+        drop(journal);
+        fs::remove_file(&jpath)?;
+        return Ok(what);
+    }
+    let total = saved_len + fresh - skip;
+    let final_len = base_len + total;
+    // 1. Save every foreign byte in a new rescue record (the last one's
+    // and the fresh ones) before the mailbox is touched.
+    let at = match &rescue {
+        Some(r) => r.at + RESCUE_HEADER + r.len,
+        None => rescues_at,
+    };
+    if !committed {
+        // The commit slot must never read as a commit later.
+        journal.write_all_at(&[0u8; 8], data_end)?;
+    }
+    if let Some(r) = saved {
+        copy_range(&journal, r.data, &journal, at + RESCUE_HEADER, r.len)?;
+    }
+    copy_range(file, foreign_from + skip, &journal, at + RESCUE_HEADER + saved_len, fresh - skip)?;
+    journal.sync_data()?;
+    let mut rh = [0u8; RESCUE_HEADER as usize];
+    rh[..8].copy_from_slice(RESCUE);
+    rh[8..16].copy_from_slice(&cur.to_le_bytes());
+    rh[16..24].copy_from_slice(&total.to_le_bytes());
+    rh[24..32].copy_from_slice(&rescue_sum(cur, total).to_le_bytes());
+    journal.write_all_at(&rh, at)?;
+    journal.sync_data()?;
+    crash_point("rescue-saved");
+    // 2. Our part (the old tail, when rolling back), then the foreign
+    // bytes after it, and the mark past the end that says "not truncated".
+    if !committed {
+        copy_range(&journal, HEADER as u64, file, p, old_len - p)?;
+    }
+    copy_range(&journal, at + RESCUE_HEADER, file, base_len, total)?;
+    if final_len < cur {
+        file.write_all_at(b"X", final_len)?;
+    }
+    file.sync_data()?;
+    crash_point("rescue-written");
+    journal.write_all_at(&1u64.to_le_bytes(), at + 32)?;
+    journal.sync_data()?;
+    crash_point("rescue-placed");
+    // 3. The end.
+    file.set_len(final_len)?;
     file.sync_all()?;
+    crash_point("rescue-truncated");
     drop(journal);
     fs::remove_file(&jpath)?;
     Ok(what)
 }
 
-fn read_range(file: &File, off: u64, n: u64) -> io::Result<Vec<u8>> {
-    let mut v = vec![0u8; n as usize];
-    file.read_exact_at(&mut v, off)?;
-    Ok(v)
+/// True when the mailbox as it was before the rewrite ended with a newline
+/// (or was empty): the last byte of the old tail, from the journal.
+fn old_ends_with_newline(file: &File, journal: &File, p: u64, old_len: u64) -> io::Result<bool> {
+    if old_len == 0 {
+        return Ok(true);
+    }
+    let mut b = [0u8; 1];
+    if old_len > p {
+        journal.read_exact_at(&mut b, HEADER as u64 + (old_len - p) - 1)?;
+    } else {
+        file.read_exact_at(&mut b, old_len - 1)?;
+    }
+    Ok(b[0] == b'\n')
+}
+
+fn byte_at(file: &File, off: u64) -> io::Result<Option<u8>> {
+    let mut b = [0u8; 1];
+    match file.read_at(&mut b, off)? {
+        1 => Ok(Some(b[0])),
+        _ => Ok(None),
+    }
+}
+
+/// Makes the file `to` bytes long from `from`, taking the disk space now
+/// (so that a full disk fails here, before a byte is written) where the
+/// file system can, or by setting the length where it cannot.
+fn extend(file: &File, from: u64, to: u64) -> io::Result<()> {
+    // SAFETY: fallocate(2) on our open descriptor with a valid range.
+    let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, from as libc::off_t, (to - from) as libc::off_t) };
+    if rc == 0 {
+        return Ok(());
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) | Some(libc::EINVAL) => file.set_len(to),
+        _ => Err(e),
+    }
 }
 
 fn copy_range(from: &File, from_off: u64, to: &File, to_off: u64, n: u64) -> io::Result<()> {
@@ -274,20 +467,31 @@ fn copy_range(from: &File, from_off: u64, to: &File, to_off: u64, n: u64) -> io:
 }
 
 /// Appends with a rollback record: if the process dies in the middle of the
-/// write, the next open cuts the partial message off again.
+/// write, the next open cuts the partial message off again, keeping what
+/// anybody appended after it.
 pub fn append(file: &File, mbox: &Path, data: &[u8], sync: bool) -> io::Result<u64> {
     let old_len = file.metadata()?.len();
+    let new_len = old_len + data.len() as u64;
     let jpath = journal_path(mbox);
     // An append is a rewrite of the empty tail at old_len: rolling it back
-    // truncates to old_len, keeping nothing of a partial write.
-    {
+    // truncates to old_len, keeping what others appended beyond new_len.
+    let journal = {
         let journal = OpenOptions::new().write(true).create(true).truncate(true).open(&jpath)?;
-        journal.write_all_at(&header(old_len, old_len, old_len + data.len() as u64), 0)?;
-        // No fsync: this guards against the process dying, and after a power
-        // loss a partial message is at worst a damaged unacknowledged one.
-    }
+        journal.write_all_at(&header(old_len, old_len, new_len), 0)?;
+        if sync {
+            // On disk before the file grows: a file longer than its
+            // journal says could not be put right after a power cut.
+            journal.sync_data()?;
+        }
+        journal
+    };
     crash_point("append-journal");
-    let res = file.write_all_at(data, old_len).and_then(|_| {
+    let res = extend(file, old_len, new_len).and_then(|_| {
+        // Not synced: a power cut that keeps the longer file and loses
+        // this mark leaves zeros past old_len, which recovery recognises.
+        journal.write_all_at(&[1], EXTENDED_AT)?;
+        crash_point("append-extended");
+        file.write_all_at(data, old_len)?;
         crash_point("append-written");
         if sync {
             file.sync_data()
@@ -295,12 +499,14 @@ pub fn append(file: &File, mbox: &Path, data: &[u8], sync: bool) -> io::Result<u
             Ok(())
         }
     });
+    drop(journal);
     match res {
         Ok(()) => {
             fs::remove_file(&jpath)?;
             Ok(old_len)
         }
         Err(e) => {
+            // We hold the locks: nobody else wrote after old_len.
             let _ = file.set_len(old_len);
             let _ = fs::remove_file(&jpath);
             Err(e)
