@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 pub mod clients;
 pub mod server;
+pub mod soak;
 
 use postroom::store::{Mailbox, Options};
 
