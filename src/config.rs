@@ -546,6 +546,9 @@ pub struct Config {
     pub idle_timeout_pop3: Duration,
     /// `auth-failure-delay`: the pause before answering a failed login. Default 2 s.
     pub auth_failure_delay: Duration,
+    /// `auth-workers`: threads that check passwords. Default (`None`): one
+    /// per CPU, at most 4 (`auth::pool::default_workers`).
+    pub auth_workers: Option<usize>,
     /// `proxy-trusted`: peers whose PROXY protocol header is believed. Default none.
     pub proxy_trusted: Vec<Cidr>,
     /// `log`. Default stderr.
@@ -653,6 +656,7 @@ impl Config {
             idle_timeout_imap: MIN_IDLE_TIMEOUT_IMAP,
             idle_timeout_pop3: MIN_IDLE_TIMEOUT_POP3,
             auth_failure_delay: Duration::from_secs(2),
+            auth_workers: None,
             proxy_trusted: Vec::new(),
             log: LogTarget::Stderr,
             log_level: LevelFilter::Info,
@@ -747,6 +751,7 @@ const KEYS: &[(&str, bool)] = &[
     ("idle-timeout-imap", false),
     ("idle-timeout-pop3", false),
     ("auth-failure-delay", false),
+    ("auth-workers", false),
     ("proxy-trusted", true),
     ("log", false),
     ("log-level", false),
@@ -887,6 +892,14 @@ impl Parser {
                 c.idle_timeout_pop3 = at_least(duration(one(key, args)?)?, MIN_IDLE_TIMEOUT_POP3, " (RFC 1939 §3)")?
             }
             "auth-failure-delay" => c.auth_failure_delay = duration(one(key, args)?)?,
+            "auth-workers" => {
+                let v = one(key, args)?;
+                let max = crate::auth::pool::MAX_WORKERS;
+                match count(v) {
+                    Ok(n) if n as usize <= max => c.auth_workers = Some(n as usize),
+                    _ => return Err(format!("`{v}` is not a whole number from 1 to {max}")),
+                }
+            }
             "proxy-trusted" => {
                 for v in some(key, args)? {
                     let cidr = Cidr::parse(v)?;
@@ -1309,6 +1322,8 @@ mod tests {
         ("idle-timeout-imap 1800", |_| {}),
         ("idle-timeout-pop3 1d", |c| c.idle_timeout_pop3 = Duration::from_secs(86400)),
         ("auth-failure-delay 0s", |c| c.auth_failure_delay = Duration::ZERO),
+        ("auth-workers 1", |c| c.auth_workers = Some(1)),
+        ("auth-workers 64", |c| c.auth_workers = Some(64)),
         ("proxy-trusted 10.0.0.0/8 ::1\nproxy-trusted 192.168.1.7 10.0.0.0/8", |c| {
             c.proxy_trusted = vec![
                 Cidr { addr: "10.0.0.0".parse().unwrap(), prefix: 8 },
@@ -1416,6 +1431,8 @@ mod tests {
         ("plaintext-auth yes", &[(1, "expected tls-or-loopback, always or never, not `yes`")]),
         ("max-connections 0", &[(1, "`0` is not a whole number from 1 to 4294967295")]),
         ("max-connections-per-ip lots", &[(1, "`lots` is not a whole number from 1 to 4294967295")]),
+        ("auth-workers 0", &[(1, "`0` is not a whole number from 1 to 64")]),
+        ("auth-workers 65", &[(1, "`65` is not a whole number from 1 to 64")]),
         (
             "proxy-trusted 10.0.0.1/8",
             &[(1, "`10.0.0.1/8` has bits set past the /8 prefix (the network is 10.0.0.0/8)")],

@@ -17,10 +17,17 @@
 //!
 //! The hash functions themselves come from the sha-crypt, bcrypt and
 //! argon2 crates; this module only parses, dispatches and formats.
+//!
+//! Two things serve the password-checking pool (`auth::pool`): a
+//! [`Scratch`] holds the memory of Argon2 checks, so that a thread that
+//! checks many passwords allocates it once instead of once a check (the
+//! allocator would keep each thread's 19 MiB); and a [`CostClass`] names
+//! what a check costs (scheme and cost parameters), so that a failed login
+//! can be made to cost what a failed login of any other user costs.
 
 use std::fmt;
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::password_hash::{PasswordHash, PasswordHasher, SaltString};
 use base64::engine::general_purpose::NO_PAD;
 use base64::engine::GeneralPurpose;
 use base64::{alphabet, Engine as _};
@@ -60,9 +67,10 @@ pub const BCRYPT_COST: u32 = 10;
 
 /// Argon2 memory for new hashes, in KiB (19 MiB): the smallest of the
 /// commonly recommended Argon2id settings, and the argon2 crate's default.
-/// Each check in progress holds this much memory, which is why
-/// `Authenticator` runs only a few at once. (64 MiB with 3 passes, as
-/// some servers use, takes about 150 ms per check on the same machine.)
+/// Each check in progress holds this much memory, which is why checks run
+/// in a small pool of threads that each keep theirs (`auth::pool`). (64
+/// MiB with 3 passes, as some servers use, takes about 150 ms per check on
+/// the same machine.)
 pub const ARGON2_M_KIB: u32 = 19_456;
 /// Argon2 passes over the memory for new hashes.
 pub const ARGON2_T: u32 = 2;
@@ -230,64 +238,186 @@ pub fn verify(stored: &str, password: &[u8]) -> Result<bool, HashError> {
 
 /// Checks `password` against `hash` (without its `{SCHEME}` prefix).
 pub fn verify_as(scheme: Scheme, hash: &str, password: &[u8]) -> Result<bool, HashError> {
+    verify_in(scheme, hash, password, &mut Scratch::default())
+}
+
+/// Memory for Argon2 checks, grown to the largest one done so far and
+/// kept: a thread that checks many passwords allocates it once.
+#[derive(Default)]
+pub struct Scratch {
+    blocks: Vec<argon2::Block>,
+}
+
+impl Scratch {
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.blocks.len() * argon2::Block::SIZE
+    }
+}
+
+/// [`verify_as`], with Argon2's memory taken from `scratch`.
+pub fn verify_in(scheme: Scheme, hash: &str, password: &[u8], scratch: &mut Scratch) -> Result<bool, HashError> {
     match scheme {
-        Scheme::Sha512Crypt | Scheme::Sha256Crypt => verify_sha_crypt(scheme, hash, password),
-        Scheme::BlfCrypt => {
-            if !["$2y$", "$2b$", "$2a$"].iter().any(|p| hash.starts_with(p)) {
-                return Err(HashError::Malformed(scheme, "not a $2y$, $2b$ or $2a$ hash"));
+        Scheme::Sha512Crypt | Scheme::Sha256Crypt => {
+            let ShaCrypt { rounds, salt, expected } = ShaCrypt::parse(scheme, hash)?;
+            let computed = if scheme == Scheme::Sha512Crypt {
+                let params =
+                    sha_crypt::Sha512Params::new(rounds).map_err(|_| HashError::Malformed(scheme, "bad rounds"))?;
+                sha_crypt::sha512_crypt_b64(password, salt.as_bytes(), &params)
+            } else {
+                let params =
+                    sha_crypt::Sha256Params::new(rounds).map_err(|_| HashError::Malformed(scheme, "bad rounds"))?;
+                sha_crypt::sha256_crypt_b64(password, salt.as_bytes(), &params)
             }
+            .map_err(|_| HashError::Malformed(scheme, "cannot compute"))?;
+            Ok(bool::from(computed.as_bytes().ct_eq(expected.as_bytes())))
+        }
+        Scheme::BlfCrypt => {
+            bcrypt_cost(hash)?;
             bcrypt::verify(password, hash).map_err(|_| HashError::Malformed(scheme, "bad cost, salt or hash"))
         }
         Scheme::Argon2id | Scheme::Argon2i => {
-            let parsed = PasswordHash::new(hash).map_err(|_| HashError::Malformed(scheme, "not a PHC string"))?;
-            let want = if scheme == Scheme::Argon2id { "argon2id" } else { "argon2i" };
-            if parsed.algorithm.as_str() != want {
-                return Err(HashError::Malformed(scheme, "algorithm differs from the scheme"));
+            let a = Argon2Hash::parse(scheme, hash)?;
+            let mut salt = [0u8; 64];
+            let salt = a.salt.decode_b64(&mut salt).map_err(|_| HashError::Malformed(scheme, "bad salt"))?;
+            let expected = a.expected.as_bytes();
+            let need = a.params.block_count();
+            if scratch.blocks.len() < need {
+                scratch.blocks.resize(need, argon2::Block::default());
             }
-            if parsed.salt.is_none() || parsed.hash.is_none() {
-                return Err(HashError::Malformed(scheme, "no salt or no hash"));
-            }
-            // The parameters, salt and version come from the hash itself.
-            match argon2::Argon2::default().verify_password(password, &parsed) {
-                Ok(()) => Ok(true),
-                Err(argon2::password_hash::Error::Password) => Ok(false),
-                Err(_) => Err(HashError::Malformed(scheme, "bad parameters, salt or hash")),
-            }
+            let mut out = zeroize::Zeroizing::new(vec![0u8; expected.len()]);
+            argon2::Argon2::new(a.algorithm, a.version, a.params)
+                .hash_password_into_with_memory(password, salt, &mut out, &mut scratch.blocks[..need])
+                .map_err(|_| HashError::Malformed(scheme, "bad parameters, salt or hash"))?;
+            Ok(bool::from(out.as_slice().ct_eq(expected)))
         }
         Scheme::Plain => Ok(bool::from(hash.as_bytes().ct_eq(password))),
     }
 }
 
-/// `$6$[rounds=N$]salt$hash` and `$5$…`, read as crypt(3) reads them.
-fn verify_sha_crypt(scheme: Scheme, hash: &str, password: &[u8]) -> Result<bool, HashError> {
-    let (prefix, len) = if scheme == Scheme::Sha512Crypt { ("$6$", 86) } else { ("$5$", 43) };
-    let rest = hash.strip_prefix(prefix).ok_or(HashError::Malformed(scheme, "wrong crypt prefix"))?;
-    let (rounds, rest) = match rest.strip_prefix("rounds=") {
-        Some(r) => {
-            let (n, rest) = r.split_once('$').ok_or(HashError::Malformed(scheme, "no salt"))?;
-            if n.is_empty() || n.len() > 10 || !n.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(HashError::Malformed(scheme, "rounds is not a number"));
-            }
-            let n: u64 = n.parse().map_err(|_| HashError::Malformed(scheme, "rounds is not a number"))?;
-            // crypt(3) clamps rounds into its range rather than refusing.
-            let n = n.clamp(sha_crypt::ROUNDS_MIN as u64, sha_crypt::ROUNDS_MAX as u64) as usize;
-            (n, rest)
+/// What checking a hash costs: its scheme and the parameters that set the
+/// work (SHA-crypt rounds, bcrypt cost, Argon2 memory, passes and lanes).
+/// Checking one password against two hashes of one class is the same work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct CostClass {
+    pub scheme: Scheme,
+    params: [u32; 3],
+}
+
+impl fmt::Display for CostClass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let [a, b, c] = self.params;
+        match self.scheme {
+            Scheme::Sha512Crypt | Scheme::Sha256Crypt => write!(f, "{}/rounds={a}", self.scheme),
+            Scheme::BlfCrypt => write!(f, "{}/cost={a}", self.scheme),
+            Scheme::Argon2id | Scheme::Argon2i => write!(f, "{}/m={a},t={b},p={c}", self.scheme),
+            Scheme::Plain => write!(f, "{}", self.scheme),
         }
-        None => (sha_crypt::ROUNDS_DEFAULT, rest),
+    }
+}
+
+/// The cost class of `hash` (without its `{SCHEME}` prefix), after the
+/// same checks of its form that [`verify_in`] makes before computing: a
+/// hash that has a class is computed in full when checked.
+pub fn cost_class(scheme: Scheme, hash: &str) -> Result<CostClass, HashError> {
+    let params = match scheme {
+        Scheme::Sha512Crypt | Scheme::Sha256Crypt => [ShaCrypt::parse(scheme, hash)?.rounds as u32, 0, 0],
+        Scheme::BlfCrypt => [bcrypt_cost(hash)?, 0, 0],
+        Scheme::Argon2id | Scheme::Argon2i => {
+            let p = Argon2Hash::parse(scheme, hash)?.params;
+            [p.m_cost(), p.t_cost(), p.p_cost()]
+        }
+        Scheme::Plain => [0; 3],
     };
-    let (salt, expected) = rest.split_once('$').ok_or(HashError::Malformed(scheme, "no hash after the salt"))?;
-    if expected.len() != len || !expected.bytes().all(is_crypt_char) {
-        return Err(HashError::Malformed(scheme, "hash has the wrong length or characters"));
+    Ok(CostClass { scheme, params })
+}
+
+/// `$6$[rounds=N$]salt$hash` and `$5$…`, read as crypt(3) reads them.
+struct ShaCrypt<'a> {
+    rounds: usize,
+    salt: &'a str,
+    expected: &'a str,
+}
+
+impl<'a> ShaCrypt<'a> {
+    fn parse(scheme: Scheme, hash: &'a str) -> Result<ShaCrypt<'a>, HashError> {
+        let (prefix, len) = if scheme == Scheme::Sha512Crypt { ("$6$", 86) } else { ("$5$", 43) };
+        let rest = hash.strip_prefix(prefix).ok_or(HashError::Malformed(scheme, "wrong crypt prefix"))?;
+        let (rounds, rest) = match rest.strip_prefix("rounds=") {
+            Some(r) => {
+                let (n, rest) = r.split_once('$').ok_or(HashError::Malformed(scheme, "no salt"))?;
+                if n.is_empty() || n.len() > 10 || !n.bytes().all(|b| b.is_ascii_digit()) {
+                    return Err(HashError::Malformed(scheme, "rounds is not a number"));
+                }
+                let n: u64 = n.parse().map_err(|_| HashError::Malformed(scheme, "rounds is not a number"))?;
+                // crypt(3) clamps rounds into its range rather than refusing.
+                let n = n.clamp(sha_crypt::ROUNDS_MIN as u64, sha_crypt::ROUNDS_MAX as u64) as usize;
+                (n, rest)
+            }
+            None => (sha_crypt::ROUNDS_DEFAULT, rest),
+        };
+        let (salt, expected) = rest.split_once('$').ok_or(HashError::Malformed(scheme, "no hash after the salt"))?;
+        if expected.len() != len || !expected.bytes().all(is_crypt_char) {
+            return Err(HashError::Malformed(scheme, "hash has the wrong length or characters"));
+        }
+        Ok(ShaCrypt { rounds, salt, expected })
     }
-    let computed = if scheme == Scheme::Sha512Crypt {
-        let params = sha_crypt::Sha512Params::new(rounds).map_err(|_| HashError::Malformed(scheme, "bad rounds"))?;
-        sha_crypt::sha512_crypt_b64(password, salt.as_bytes(), &params)
-    } else {
-        let params = sha_crypt::Sha256Params::new(rounds).map_err(|_| HashError::Malformed(scheme, "bad rounds"))?;
-        sha_crypt::sha256_crypt_b64(password, salt.as_bytes(), &params)
+}
+
+/// The cost of a `$2y$`, `$2b$` or `$2a$` hash, when the hash has the form
+/// the bcrypt crate accepts: 60 characters, a cost from 4 to 31.
+fn bcrypt_cost(hash: &str) -> Result<u32, HashError> {
+    let scheme = Scheme::BlfCrypt;
+    if !["$2y$", "$2b$", "$2a$"].iter().any(|p| hash.starts_with(p)) {
+        return Err(HashError::Malformed(scheme, "not a $2y$, $2b$ or $2a$ hash"));
     }
-    .map_err(|_| HashError::Malformed(scheme, "cannot compute"))?;
-    Ok(bool::from(computed.as_bytes().ct_eq(expected.as_bytes())))
+    let b = hash.as_bytes();
+    if b.len() != 60 || b[6] != b'$' || !b[7..].iter().all(|&c| is_crypt_char(c)) {
+        return Err(HashError::Malformed(scheme, "bad cost, salt or hash"));
+    }
+    match hash[4..6].parse::<u32>() {
+        Ok(cost @ 4..=31) if b[4].is_ascii_digit() => Ok(cost),
+        _ => Err(HashError::Malformed(scheme, "bad cost, salt or hash")),
+    }
+}
+
+/// An Argon2 hash in the PHC string format, with what computing it needs.
+struct Argon2Hash<'a> {
+    algorithm: argon2::Algorithm,
+    version: argon2::Version,
+    params: argon2::Params,
+    salt: argon2::password_hash::Salt<'a>,
+    expected: argon2::password_hash::Output,
+}
+
+impl<'a> Argon2Hash<'a> {
+    fn parse(scheme: Scheme, hash: &'a str) -> Result<Argon2Hash<'a>, HashError> {
+        let parsed = PasswordHash::new(hash).map_err(|_| HashError::Malformed(scheme, "not a PHC string"))?;
+        let (want, algorithm) = if scheme == Scheme::Argon2id {
+            ("argon2id", argon2::Algorithm::Argon2id)
+        } else {
+            ("argon2i", argon2::Algorithm::Argon2i)
+        };
+        if parsed.algorithm.as_str() != want {
+            return Err(HashError::Malformed(scheme, "algorithm differs from the scheme"));
+        }
+        let (Some(salt), Some(expected)) = (parsed.salt, parsed.hash) else {
+            return Err(HashError::Malformed(scheme, "no salt or no hash"));
+        };
+        // The parameters, salt and version come from the hash itself.
+        let bad = || HashError::Malformed(scheme, "bad parameters, salt or hash");
+        let params = argon2::Params::try_from(&parsed).map_err(|_| bad())?;
+        let version = match parsed.version {
+            Some(v) => argon2::Version::try_from(v).map_err(|_| bad())?,
+            None => argon2::Version::default(),
+        };
+        let mut buf = [0u8; 64];
+        let decoded = salt.decode_b64(&mut buf).map_err(|_| bad())?;
+        if decoded.len() < argon2::MIN_SALT_LEN {
+            return Err(bad());
+        }
+        Ok(Argon2Hash { algorithm, version, params, salt, expected })
+    }
 }
 
 fn is_crypt_char(b: u8) -> bool {

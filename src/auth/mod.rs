@@ -8,14 +8,29 @@
 //! passwords (it reads no shadow file and has no PAM), so they cannot log
 //! in: a system user who reads mail needs a passwd-file entry.
 //!
-//! A failed login waits (see [`delay`]); an unknown user costs the same
-//! hashing and the same wait as a wrong password, so the answer and its
-//! timing do not tell whether a user exists. Hashing runs outside every
-//! lock, at most a few at a time (see [`Authenticator`]).
+//! Every password check runs in a small pool of threads ([`pool`]), never
+//! on the session thread, and no lock is held while it runs or while a
+//! failure waits its delay ([`delay`]).
+//!
+//! A failed login must not tell whether the user exists, whatever the
+//! hash of each user. Hashes differ in cost by a factor of 50 (SHA512-CRYPT
+//! about 2 ms a check, ARGON2ID 30 ms, BLF-CRYPT 85 ms), so one dummy
+//! hash for unknown users would tell them apart from the users of every
+//! other scheme. Instead, when the file is read, its hashes are sorted into
+//! cost classes (scheme and cost parameters, [`hash::CostClass`]) with one
+//! hash of each kept, and every failed check costs one check of every
+//! class: a known user's own hash and then one of each other class, an
+//! unknown user (or one without a usable hash) one of each class. The
+//! answers of these extra checks are thrown away. Every failure is the
+//! same work, so the times match on a busy machine as on an idle one, with
+//! no clock to calibrate. A failure costs the sum of the classes, which
+//! for a file of one kind of hash is one check; `postroomd` warns when a
+//! file has many classes. A successful login costs its own check only.
 
 pub mod delay;
 pub mod hash;
 pub mod passwd;
+pub mod pool;
 pub mod sasl;
 pub mod tool;
 
@@ -26,16 +41,18 @@ use std::io::{self, Read};
 use std::net::IpAddr;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
 use log::{debug, error, info, warn};
+use zeroize::Zeroizing;
 
 pub use passwd::{Account, PasswdFile};
 pub use sasl::Secret;
 
 use crate::config::Config;
-use hash::{HashError, Scheme};
+use hash::{CostClass, HashError, Scheme};
+use pool::{Check, Pool, Stored};
 
 /// Longest user name accepted (RFC 5034 and RFC 3501 set none; Dovecot's
 /// is of the same order).
@@ -45,12 +62,17 @@ pub const MAX_USER_LEN: usize = 256;
 /// length, so an unbounded one would let a client buy much CPU time.
 pub const MAX_PASSWORD_LEN: usize = 1024;
 
+/// A passwd-file with more cost classes than this is warned about: each
+/// failed login costs one check of each.
+const MANY_CLASSES: usize = 3;
+
 /// Why a login failed. Deliberately says nothing about whether the user exists.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AuthError {
     /// Wrong user or password (after the failure delay).
     Failed,
-    /// The user database cannot be read: try again later.
+    /// The user database cannot be read, or too many logins are waiting
+    /// for their password checks: try again later.
     Temporary(String),
 }
 
@@ -68,21 +90,31 @@ impl std::error::Error for AuthError {}
 /// Checks passwords against the passwd-file, reloading it when it changes.
 ///
 /// Send and Sync: one is shared by all sessions. Its locks guard only
-/// small updates; no lock is held while a password is hashed or a failure
-/// waits. At most [`Authenticator::max_hashing`] password checks run at
-/// once, which bounds the memory Argon2 takes when many clients log in
-/// together; the others queue.
+/// small updates; no lock is held while a password is checked or a failure
+/// waits. The checks run in a [`Pool`] of `auth-workers` threads, started
+/// at the first login.
 pub struct Authenticator {
     settings: RwLock<Settings>,
     users: Mutex<Option<Loaded>>,
     penalties: delay::Penalties,
-    gate: Gate,
+    pool: Mutex<Option<Arc<Pool>>>,
 }
 
 #[derive(Debug, Clone)]
 struct Settings {
     passwd_file: PathBuf,
     failure_delay: Duration,
+    workers: usize,
+}
+
+impl Settings {
+    fn of(config: &Config) -> Settings {
+        Settings {
+            passwd_file: config.passwd_file.clone(),
+            failure_delay: config.auth_failure_delay,
+            workers: config.auth_workers.unwrap_or_else(pool::default_workers),
+        }
+    }
 }
 
 /// The passwd-file as last read.
@@ -92,10 +124,12 @@ struct Loaded {
     /// `None`: the file does not exist; accounts are the system's.
     id: Option<FileId>,
     file: Arc<PasswdFile>,
-    /// The scheme most of the file's hashes use: unknown users are checked
-    /// against a dummy hash of it, which costs what a real check costs.
-    dummy: Scheme,
+    classes: Classes,
 }
+
+/// One hash of each cost class of a passwd-file: what a failed login checks
+/// its password against, besides the user's own hash.
+type Classes = Arc<[(CostClass, Stored)]>;
 
 /// What tells one version of the passwd-file from the next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,47 +149,59 @@ impl FileId {
 
 /// Where a user is looked up.
 enum Users {
-    File(Arc<PasswdFile>, Scheme),
+    File(Arc<PasswdFile>, Classes),
     System,
 }
 
 impl Authenticator {
     pub fn new(config: &Config) -> Authenticator {
-        let parallel = std::thread::available_parallelism().map_or(2, |n| n.get());
         Authenticator {
-            settings: RwLock::new(Settings {
-                passwd_file: config.passwd_file.clone(),
-                failure_delay: config.auth_failure_delay,
-            }),
+            settings: RwLock::new(Settings::of(config)),
             users: Mutex::new(None),
             penalties: delay::Penalties::new(),
-            gate: Gate::new(parallel.clamp(2, 16)),
+            pool: Mutex::new(None),
         }
     }
 
-    /// Picks up a changed passwd-file path and delay (SIGHUP); the file is
-    /// read again at the next login.
+    /// Picks up a changed passwd-file path, delay and pool size (SIGHUP);
+    /// the file is read again at the next login, and a pool of another
+    /// size replaces the old one, whose checks in progress finish.
     pub fn reload(&self, config: &Config) {
-        *self.settings.write().unwrap_or_else(|e| e.into_inner()) =
-            Settings { passwd_file: config.passwd_file.clone(), failure_delay: config.auth_failure_delay };
+        let settings = Settings::of(config);
+        let workers = settings.workers;
+        *self.settings.write().unwrap_or_else(|e| e.into_inner()) = settings;
         *self.users.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+        if pool.as_ref().is_some_and(|p| p.workers() != workers) {
+            *pool = None;
+        }
     }
 
-    /// How many password checks may run at once.
-    pub fn max_hashing(&self) -> usize {
-        self.gate.max
+    /// The pool, started when first needed.
+    fn pool(&self, workers: usize) -> Arc<Pool> {
+        let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+        pool.get_or_insert_with(|| {
+            debug!("auth starting password-checking threads workers={workers}");
+            Arc::new(Pool::new(workers))
+        })
+        .clone()
+    }
+
+    /// Threads that check passwords, once the first login started them.
+    pub fn workers(&self) -> Option<usize> {
+        self.pool.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(|p| p.workers())
     }
 
     /// Verifies `user` and `password`. On failure, sleeps the failure
-    /// delay (longer for a peer that keeps failing) before returning, and
-    /// an unknown user costs the same time as a wrong password.
+    /// delay (longer for a place that keeps failing) before returning;
+    /// every failure costs the same work, whether the user exists or not.
     pub fn login(&self, user: &str, password: &[u8], peer: IpAddr) -> Result<Account, AuthError> {
         let settings = self.settings.read().unwrap_or_else(|e| e.into_inner()).clone();
         let fail = |who: &str, reason: &str| self.fail(who, peer, reason, settings.failure_delay);
         if user.is_empty() || user.len() > MAX_USER_LEN || user.chars().any(char::is_control) {
             return Err(fail(&format!("<invalid, {} bytes>", user.len()), "invalid-user-name"));
         }
-        // These fail for every user alike, so they need no dummy check.
+        // These fail for every user alike, so they need no check.
         if password.is_empty() {
             return Err(fail(user, "empty-password"));
         }
@@ -166,65 +212,58 @@ impl Authenticator {
             error!("auth cannot read passwd-file path={} error={e}", settings.passwd_file.display());
             AuthError::Temporary("cannot read the user database".to_string())
         })?;
-        let (account, dummy) = match users {
-            Users::File(file, dummy) => (file.get(user).cloned(), dummy),
+        let (account, classes) = match users {
+            Users::File(file, classes) => (file.get(user).cloned(), classes),
             Users::System => match passwd::system_account(user) {
-                Ok(a) => (a, hash::DEFAULT_SCHEME),
+                Ok(a) => (a, default_classes()),
                 Err(e) => {
                     error!("auth cannot look up system account user={user} error={e}");
                     return Err(AuthError::Temporary("cannot read the user database".to_string()));
                 }
             },
         };
-        let Some(account) = account else {
-            self.check(dummy.dummy(), password);
-            return Err(fail(user, "unknown-user"));
-        };
-        if account.password.is_empty() {
+        // The account's own hash, and why a failure failed.
+        let (own, reason) = match &account {
+            None => (None, "unknown-user"),
             // A system account, whose password postroom cannot check, or a
             // passwd-file entry with an empty password field.
-            self.check(dummy.dummy(), password);
-            return Err(fail(user, "no-password-hash"));
-        }
-        let outcome = match hash::parse(&account.password) {
-            Ok((scheme, hashed)) => {
-                if scheme == Scheme::Plain {
-                    warn_plain(user);
+            Some(a) if a.password.is_empty() => (None, "no-password-hash"),
+            Some(a) => match hash::parse(&a.password) {
+                Ok((scheme, hashed)) => {
+                    if scheme == Scheme::Plain {
+                        warn_plain(user);
+                    }
+                    (Some(Stored { scheme, hash: hashed.into() }), "wrong-password")
                 }
-                let _turn = self.gate.enter();
-                hash::verify_as(scheme, hashed, password)
-            }
-            Err(e) => Err(e),
+                Err(e) => {
+                    unusable(user, &e);
+                    (None, "unusable-hash")
+                }
+            },
         };
-        match outcome {
-            Ok(true) => {
-                self.penalties.clear(peer);
+        let class = own.as_ref().and_then(|s| hash::cost_class(s.scheme, &s.hash).ok());
+        let padding = classes.iter().filter(|(c, _)| Some(*c) != class).map(|(_, s)| s.clone()).collect();
+        let check = Check { hash: own, padding, password: Zeroizing::new(password.to_vec()) };
+        let outcome = self.pool(settings.workers).check(check).map_err(|refused| {
+            warn!("auth busy user={user} address={peer} reason={refused}");
+            AuthError::Temporary(refused.to_string())
+        })?;
+        match (outcome, account) {
+            (Some(Ok(true)), Some(account)) => {
+                self.penalties.succeed(peer, user);
                 Ok(account)
             }
-            Ok(false) => Err(fail(user, "wrong-password")),
-            Err(e) => {
-                match &e {
-                    HashError::UnknownScheme(_) | HashError::NoScheme => {
-                        error!("auth unusable password user={user} error={e}; see postroom(8) passwd");
-                    }
-                    _ => error!("auth unusable password user={user} error={e}"),
-                }
-                // Cost what a real check costs.
-                self.check(dummy.dummy(), password);
+            (Some(Err(e)), _) => {
+                unusable(user, &e);
                 Err(fail(user, "unusable-hash"))
             }
+            _ => Err(fail(user, reason)),
         }
-    }
-
-    /// Checks `password` against a dummy hash, for the time it takes.
-    fn check(&self, dummy: &str, password: &[u8]) {
-        let _turn = self.gate.enter();
-        let _ = hash::verify(dummy, password);
     }
 
     /// Counts a failure, waits, and gives the error to return.
     fn fail(&self, user: &str, peer: IpAddr, reason: &str, base: Duration) -> AuthError {
-        let (wait, failures) = self.penalties.fail(peer, base);
+        let (wait, failures) = self.penalties.fail(peer, user, base);
         debug!(
             "auth failed user={user} address={peer} reason={reason} failures={failures} delay={}ms",
             wait.as_millis()
@@ -255,7 +294,7 @@ impl Authenticator {
                         path: path.to_path_buf(),
                         id: None,
                         file: Arc::new(PasswdFile::default()),
-                        dummy: hash::DEFAULT_SCHEME,
+                        classes: default_classes(),
                     });
                 }
                 return Ok(Users::System);
@@ -265,7 +304,7 @@ impl Authenticator {
         let id = FileId::of(&meta);
         if let Some(l) = self.users.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
             if l.path == path && l.id == Some(id) {
-                return Ok(Users::File(l.file.clone(), l.dummy));
+                return Ok(Users::File(l.file.clone(), l.classes.clone()));
             }
         }
         // Read outside the lock; fstat the open file so that the id and the
@@ -278,31 +317,75 @@ impl Authenticator {
         for (line, message) in &errors {
             warn!("auth passwd-file path={} line={line} error={message}", path.display());
         }
-        let dummy = most_common_scheme(&file);
-        info!("auth passwd-file loaded path={} users={} dummy={dummy}", path.display(), file.len());
+        let classes = cost_classes(&file);
+        let names: Vec<String> = classes.iter().map(|(c, _)| c.to_string()).collect();
+        info!("auth passwd-file loaded path={} users={} hash-classes={}", path.display(), file.len(), names.join(","));
+        if classes.len() > MANY_CLASSES {
+            warn!(
+                "auth passwd-file path={} has {} kinds of hash, and each failed login costs a check of each; \
+                 rehash old passwords with postroom passwd",
+                path.display(),
+                classes.len()
+            );
+        }
         let file = Arc::new(file);
         *self.users.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some(Loaded { path: path.to_path_buf(), id: Some(id), file: file.clone(), dummy });
-        Ok(Users::File(file, dummy))
+            Some(Loaded { path: path.to_path_buf(), id: Some(id), file: file.clone(), classes: classes.clone() });
+        Ok(Users::File(file, classes))
     }
 }
 
-/// The scheme most accounts' hashes use (the default one when none parses).
-fn most_common_scheme(file: &PasswdFile) -> Scheme {
-    let mut counts = [0usize; Scheme::ALL.len()];
-    for a in file.accounts() {
-        if let Ok((s, _)) = hash::parse(&a.password) {
-            if let Some(i) = Scheme::ALL.iter().position(|&x| x == s) {
-                counts[i] += 1;
-            }
+/// One hash of each cost class in the file, in the order first met (the
+/// default scheme's dummy when no hash has a class). PLAIN passwords are
+/// represented by a dummy, not by anyone's password.
+fn cost_classes(file: &PasswdFile) -> Classes {
+    let mut classes: Vec<(CostClass, Stored)> = Vec::new();
+    let mut accounts: Vec<&Account> = file.accounts().collect();
+    accounts.sort_by(|a, b| a.name.cmp(&b.name));
+    for a in accounts {
+        let Ok((scheme, hashed)) = hash::parse(&a.password) else { continue };
+        let Ok(class) = hash::cost_class(scheme, hashed) else { continue };
+        if classes.iter().any(|(c, _)| *c == class) {
+            continue;
         }
+        let hashed = if scheme == Scheme::Plain { dummy(Scheme::Plain).1 } else { hashed.into() };
+        classes.push((class, Stored { scheme, hash: hashed }));
     }
-    let default = Scheme::ALL.iter().position(|&x| x == hash::DEFAULT_SCHEME).unwrap_or(0);
-    let best = (0..counts.len()).max_by_key(|&i| (counts[i], i == default)).unwrap_or(default);
-    if counts[best] == 0 {
-        hash::DEFAULT_SCHEME
-    } else {
-        Scheme::ALL[best]
+    if classes.is_empty() {
+        return default_classes();
+    }
+    classes.into()
+}
+
+/// The class of the default scheme's dummy: what a failure costs when
+/// there is no hash to go by (system accounts, a file without one).
+fn default_classes() -> Classes {
+    static DEFAULT: OnceLock<Classes> = OnceLock::new();
+    DEFAULT
+        .get_or_init(|| {
+            let (scheme, hashed) = dummy(hash::DEFAULT_SCHEME);
+            match hash::cost_class(scheme, &hashed) {
+                Ok(class) => vec![(class, Stored { scheme, hash: hashed })].into(),
+                Err(_) => Vec::new().into(),
+            }
+        })
+        .clone()
+}
+
+/// A scheme's dummy hash, without its prefix.
+fn dummy(scheme: Scheme) -> (Scheme, Arc<str>) {
+    let stored = scheme.dummy();
+    let hashed = stored.split_once('}').map_or(stored, |(_, h)| h);
+    (scheme, hashed.into())
+}
+
+/// Logs an account's hash that cannot be checked.
+fn unusable(user: &str, e: &HashError) {
+    match e {
+        HashError::UnknownScheme(_) | HashError::NoScheme => {
+            error!("auth unusable password user={user} error={e}; see postroom(8) passwd");
+        }
+        _ => error!("auth unusable password user={user} error={e}"),
     }
 }
 
@@ -313,37 +396,6 @@ fn warn_plain(user: &str) {
     if !warned.contains(user) {
         warned.insert(user.to_string());
         warn!("auth user={user} has a PLAIN password: anyone who reads the passwd-file can use it; hash it with postroom passwd");
-    }
-}
-
-/// A counting semaphore: at most `max` holders at once.
-struct Gate {
-    busy: Mutex<usize>,
-    free: Condvar,
-    max: usize,
-}
-
-struct Turn<'a>(&'a Gate);
-
-impl Gate {
-    fn new(max: usize) -> Gate {
-        Gate { busy: Mutex::new(0), free: Condvar::new(), max: max.max(1) }
-    }
-
-    fn enter(&self) -> Turn<'_> {
-        let mut busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
-        while *busy >= self.max {
-            busy = self.free.wait(busy).unwrap_or_else(|e| e.into_inner());
-        }
-        *busy += 1;
-        Turn(self)
-    }
-}
-
-impl Drop for Turn<'_> {
-    fn drop(&mut self) {
-        *self.0.busy.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
-        self.0.free.notify_one();
     }
 }
 
@@ -412,13 +464,16 @@ mod tests {
     }
 
     #[test]
-    fn success_clears_penalty() {
+    fn success_clears_only_its_own_failures() {
         let dir = tempfile::tempdir().unwrap();
-        fs::write(dir.path().join("passwd"), "alice:{PLAIN}wonderland\n").unwrap();
+        fs::write(dir.path().join("passwd"), "alice:{PLAIN}wonderland\nbob:{PLAIN}builder\n").unwrap();
         let auth = Authenticator::new(&config(dir.path(), 1));
         for _ in 0..3 {
             assert!(auth.login("alice", b"x", peer(2)).is_err());
         }
+        assert!(auth.login("bob", b"x", peer(2)).is_err());
+        assert_eq!(auth.penalties.failures(peer(2)), 4);
+        assert!(auth.login("bob", b"builder", peer(2)).is_ok());
         assert_eq!(auth.penalties.failures(peer(2)), 3);
         assert!(auth.login("alice", b"wonderland", peer(2)).is_ok());
         assert_eq!(auth.penalties.failures(peer(2)), 0);
@@ -447,38 +502,47 @@ mod tests {
     }
 
     #[test]
-    fn dummy_follows_the_file() {
-        let (f, _) = PasswdFile::parse("a:{PLAIN}x\nb:{SHA512-CRYPT}$6$a$b\nc:$6$a$b\nd:{MD5}x\n");
-        assert_eq!(most_common_scheme(&f), Scheme::Sha512Crypt);
-        let (f, _) = PasswdFile::parse("a:{MD5}x\n");
-        assert_eq!(most_common_scheme(&f), hash::DEFAULT_SCHEME);
-        let (f, _) = PasswdFile::parse("a:{PLAIN}x\nb:{PLAIN}y\nc:{BLF-CRYPT}$2y$10$x\n");
-        assert_eq!(most_common_scheme(&f), Scheme::Plain);
+    fn cost_classes_of_a_file() {
+        let sha =
+            "$6$saltstring$svn8UoSVapNtMuq1ukKS4tPQd8iKwSMHWjl/O817G3uBnIFNjnQJuesI68u4OTLiBFdcbYEdFCoEOfaS35inz1";
+        let sha10k = "$6$rounds=10000$saltstringsaltst$OW1/O6BYHV6BcXZu8QVeXbDWra3Oeqh0sbHbbMCVNSnCM/UrjmM0Dp8vOuZeHBy/YTBmSK6H9qs/y3RnOaw5v.";
+        let argon = "$argon2id$v=19$m=1024,t=2,p=1$c2FsdHNhbHRzYWx0$H5rnCvoHJK5J3ADJ9mc9NL74Ow2lIMZ5zI+CyR256y0";
+        let text = format!(
+            "a:{{SHA512-CRYPT}}{sha}\nb:{{CRYPT}}{sha}\nc:{sha10k}\nd:{{ARGON2ID}}{argon}\ne:{{PLAIN}}secret\n\
+             f:{{MD5}}x\ng:{{SHA512-CRYPT}}$6$short\nh:\n"
+        );
+        let (f, _) = PasswdFile::parse(&text);
+        let classes = cost_classes(&f);
+        let names: Vec<String> = classes.iter().map(|(c, _)| c.to_string()).collect();
+        assert_eq!(
+            names,
+            ["SHA512-CRYPT/rounds=5000", "SHA512-CRYPT/rounds=10000", "ARGON2ID/m=1024,t=2,p=1", "PLAIN"]
+        );
+        // One real hash of each class, but no one's clear-text password.
+        let hashes: Vec<&str> = classes.iter().map(|(_, s)| &*s.hash).collect();
+        assert_eq!(&hashes[..3], [sha, sha10k, argon]);
+        assert_ne!(hashes[3], "secret");
+        // Nothing usable: the default scheme's dummy.
+        let (f, _) = PasswdFile::parse("a:{MD5}x\nb:\n");
+        let classes = cost_classes(&f);
+        assert_eq!(classes.len(), 1);
+        assert_eq!(classes[0].0.scheme, hash::DEFAULT_SCHEME);
+        assert_eq!(hash::verify_as(classes[0].1.scheme, &classes[0].1.hash, b"x"), Ok(false));
     }
 
     #[test]
-    fn gate_bounds_concurrency() {
-        let gate = Arc::new(Gate::new(2));
-        let peak = Arc::new(Mutex::new((0usize, 0usize)));
-        let threads: Vec<_> = (0..6)
-            .map(|_| {
-                let (gate, peak) = (gate.clone(), peak.clone());
-                std::thread::spawn(move || {
-                    let _t = gate.enter();
-                    {
-                        let mut p = peak.lock().unwrap();
-                        p.0 += 1;
-                        p.1 = p.1.max(p.0);
-                    }
-                    std::thread::sleep(Duration::from_millis(20));
-                    peak.lock().unwrap().0 -= 1;
-                })
-            })
-            .collect();
-        for t in threads {
-            t.join().unwrap();
-        }
-        assert_eq!(peak.lock().unwrap().1, 2);
-        assert_eq!(*gate.busy.lock().unwrap(), 0);
+    fn reload_resizes_the_pool() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("passwd"), "alice:{PLAIN}wonderland\n").unwrap();
+        let mut c = config(dir.path(), 0);
+        c.auth_workers = Some(1);
+        let auth = Authenticator::new(&c);
+        assert_eq!(auth.workers(), None);
+        assert!(auth.login("alice", b"wonderland", peer(5)).is_ok());
+        assert_eq!(auth.workers(), Some(1));
+        c.auth_workers = Some(3);
+        auth.reload(&c);
+        assert!(auth.login("alice", b"wonderland", peer(5)).is_ok());
+        assert_eq!(auth.workers(), Some(3));
     }
 }
