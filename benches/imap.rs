@@ -43,8 +43,9 @@
 //! 10 KiB on average, LF line ends) with the state headers both servers
 //! read (X-IMAPbase, X-UID, Status, X-Status, X-Keywords), so neither has
 //! to rewrite a file when it first opens it; each server gets its own copy.
-//! Both check {PLAIN} passwords from a passwd-file, allow plain text logins
-//! on loopback, and run without TLS. Dovecot runs with its defaults (a
+//! Both check {PLAIN} passwords from a passwd-file (or, with
+//! `POSTROOM_BENCH_SCHEME=ARGON2ID`, the same hashes of another scheme),
+//! allow plain text logins on loopback, and run without TLS. Dovecot runs with its defaults (a
 //! login process per connection, an imap process per session, its index
 //! under ~/mail/.imap), fcntl locks, and limits raised for the idle rows.
 //!
@@ -55,7 +56,8 @@
 //! default 100000), `POSTROOM_BENCH_RUNS` (runs of each timed row, default
 //! 5), `POSTROOM_BENCH_ROUNDS` (notifications per IDLE row, default 20),
 //! `POSTROOM_BENCH_IDLE` (idle sessions, default 1000), `POSTROOM_BENCH_ONLY`
-//! (a comma-separated subset of `select,body,idle,memory`), `DOVECOT`
+//! (a comma-separated subset of `select,body,idle,memory`),
+//! `POSTROOM_BENCH_SCHEME` (the password scheme, default PLAIN), `DOVECOT`
 //! (default /usr/sbin/dovecot), `DOVECOT_LDA` (default
 //! /usr/lib/dovecot/dovecot-lda). Files go to
 //! /tmp/postroom-bench-imap/run-PID, removed at the end unless
@@ -618,10 +620,13 @@ fn idle_sessions(kind: Kind, dir: &Path, ids: &Ids, users: &[&User]) -> Res<Idle
         let tag = c.idle()?;
         Ok((c, tag))
     };
-    // One session first, so that what the first session sets up once is not counted.
-    let (mut c, tag) = open(users[0])?;
-    c.done(&tag)?;
-    c.logout()?;
+    // Sessions first, so that what the server sets up once is not counted:
+    // a few logins at once, so that every password-checking thread has its
+    // Argon2 memory (one login gives it to one thread).
+    for (mut c, tag) in parallel(common::WARM_LOGINS, common::WARM_LOGINS, |_| open(users[0]))? {
+        c.done(&tag)?;
+        c.logout()?;
+    }
     std::thread::sleep(Duration::from_millis(500));
     let before = srv.mem();
     let t = Instant::now();
@@ -999,7 +1004,8 @@ fn run() -> Res<()> {
         cfg.runs
     );
     println!(
-        "both: passwd-file with {{PLAIN}} passwords, plain text login on loopback, no TLS, log level info to a file; Dovecot: its defaults (login process per connection, imap process per session), fcntl locks, index in ~/mail/.imap, limits raised"
+        "both: passwd-file with {{{}}} passwords, plain text login on loopback, no TLS, log level info to a file; Dovecot: its defaults (login process per connection, imap process per session), fcntl locks, index in ~/mail/.imap, limits raised",
+        servers::password_scheme()
     );
     println!();
     table.print();

@@ -38,11 +38,14 @@
 //! the two servers byte for byte.
 //!
 //! Both servers check {PLAIN} passwords from a passwd-file (equal and small
-//! hashing cost), allow plain text logins on loopback, and run without TLS.
+//! hashing cost; `POSTROOM_BENCH_SCHEME=ARGON2ID` gives both the same hashes
+//! of that scheme instead), allow plain text logins on loopback, and run
+//! without TLS.
 //!
 //! Environment: `POSTROOM_BENCH_SECS` (seconds per rate row and server,
 //! default 5), `POSTROOM_BENCH_IDLE` (idle sessions, default 1000),
-//! `POSTROOM_BENCH_CLIENTS` (default 50), `DOVECOT` (default
+//! `POSTROOM_BENCH_CLIENTS` (default 50), `POSTROOM_BENCH_SCHEME` (the
+//! password scheme, default PLAIN), `DOVECOT` (default
 //! /usr/sbin/dovecot). Files go to /tmp/postroom-bench-pop3/run-PID, removed
 //! at the end unless `POSTROOM_BENCH_KEEP=1` (for reading the servers' logs).
 //! Under root both servers serve mail as nobody.
@@ -296,10 +299,11 @@ fn idle_sessions(kind: Kind, dir: &Path, ids: &Ids, users: &[User], login: bool)
         Kind::Postroom => Server::postroom(&dir.join("postroom"), ids, cap)?,
         Kind::Dovecot => Server::dovecot(&dir.join("dovecot"), ids, cap, false)?,
     };
-    // One session of each kind first, so that what the first session
-    // sets up once is not counted.
+    // Sessions of each kind first, so that what the server sets up once is
+    // not counted: a few logins at once, so that every password-checking
+    // thread has its Argon2 memory (one login gives it to one thread).
     Pop3::connect(srv.name(), srv.port, SMALL_BUF)?.quit()?;
-    light_session(&srv, &users[0])?;
+    parallel(common::WARM_LOGINS.min(n), common::WARM_LOGINS, |i| light_session(&srv, &users[i]))?;
     std::thread::sleep(Duration::from_millis(500));
     let before = srv.mem();
     let conns = parallel(n, 8, |i| {
@@ -565,7 +569,8 @@ fn run() -> Res<()> {
         "alice's mail through both servers: {same} messages byte-identical, {quoting} differ only in `>From ` unquoting ({quote_octets} octets: postroom reads mboxrd by default, Dovecot mboxo)"
     );
     println!(
-        "both: passwd-file with {{PLAIN}} passwords, plain text login on loopback, no TLS, log level info to a file; postroom: defaults otherwise (dotlock + fcntl, fsync); Dovecot: defaults (one login process per connection, one pop3 process per session) with mbox_write_locks = fcntl, its on-disk index (~/mail/.imap), limits raised; \"reusing processes\": also service_count = 0 for pop3-login (process_min_avail = 2) and pop3; descriptor limit {nofile}"
+        "both: passwd-file with {{{}}} passwords, plain text login on loopback, no TLS, log level info to a file; postroom: defaults otherwise (dotlock + fcntl, fsync); Dovecot: defaults (one login process per connection, one pop3 process per session) with mbox_write_locks = fcntl, its on-disk index (~/mail/.imap), limits raised; \"reusing processes\": also service_count = 0 for pop3-login (process_min_avail = 2) and pop3; descriptor limit {nofile}",
+        servers::password_scheme()
     );
     println!(
         "full session: connect, USER, PASS, STAT, LIST, UIDL, RETR every message (octets checked against LIST), QUIT, server closes; light: connect, USER, PASS, STAT, UIDL, QUIT"

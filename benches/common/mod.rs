@@ -108,6 +108,11 @@ pub fn raise_nofile(want: u64, to_hard: bool) -> Res<u64> {
     Ok(r.rlim_cur)
 }
 
+/// Logins at once before an idle-memory baseline: more than postroomd's
+/// password-checking threads (`auth-workers`, at most 4 by default), so
+/// that each has done its first check, whose memory it keeps.
+pub const WARM_LOGINS: usize = 8;
+
 /// Runs `f(i)` for every `i` in `0..n` on `threads` threads; the first error wins.
 pub fn parallel<T: Send>(n: usize, threads: usize, f: impl Fn(usize) -> Res<T> + Sync) -> Res<Vec<T>> {
     let next = AtomicUsize::new(0);

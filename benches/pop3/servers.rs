@@ -8,6 +8,11 @@
 //! The same functions read what the benchmark reports about a server from
 //! /proc: resident memory (VmRSS, and Rss and Pss from smaps_rollup) and
 //! CPU time, summed over all of its processes.
+//!
+//! Both passwd-files hold the same `{SCHEME}hash` of each password:
+//! `{PLAIN}` unless `POSTROOM_BENCH_SCHEME` names another scheme both
+//! servers read (ARGON2ID, SHA512-CRYPT, BLF-CRYPT), hashed once per user
+//! with the parameters `postroom passwd` uses.
 
 use std::collections::HashMap;
 use std::fs;
@@ -15,6 +20,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use super::common::Res;
@@ -118,17 +124,54 @@ pub struct User {
     pub messages: u32,
 }
 
-/// Writes postroom's tree under `dir`: config, passwd-file ({PLAIN}, the
-/// same passwords Dovecot gets), one INBOX per user (a copy of its
-/// template), state directory. Returns the config's path.
+/// The passwd-file field for `password`: `{PLAIN}` or, with
+/// `POSTROOM_BENCH_SCHEME`, a hash made once and then reused.
+pub fn stored_password(password: &str) -> Res<String> {
+    static MADE: OnceLock<Mutex<HashMap<String, String>>> = OnceLock::new();
+    let scheme = match std::env::var("POSTROOM_BENCH_SCHEME") {
+        Err(_) => return Ok(format!("{{PLAIN}}{password}")),
+        Ok(name) => postroom::auth::hash::Scheme::from_name(&name)
+            .ok_or(format!("POSTROOM_BENCH_SCHEME: unknown scheme {name}"))?,
+    };
+    if let Some(h) = MADE.get_or_init(Default::default).lock().unwrap().get(password) {
+        return Ok(h.clone());
+    }
+    let h = postroom::auth::hash::hash(scheme, password.as_bytes()).map_err(|e| format!("hash: {e}"))?;
+    MADE.get_or_init(Default::default).lock().unwrap().insert(password.to_string(), h.clone());
+    Ok(h)
+}
+
+/// The scheme of the passwords both servers check, as the report names it.
+pub fn password_scheme() -> String {
+    std::env::var("POSTROOM_BENCH_SCHEME").map_or("PLAIN".to_string(), |s| s.to_ascii_uppercase())
+}
+
+/// Hashes every user's password (see [`stored_password`]) on all CPUs, so
+/// that the trees are written without waiting on one hash after another.
+fn hash_all(users: &[User]) -> Res<()> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let chunk = users.len().div_ceil(threads).max(1);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = users
+            .chunks(chunk)
+            .map(|part| s.spawn(move || part.iter().try_for_each(|u| stored_password(&u.password).map(|_| ()))))
+            .collect();
+        handles.into_iter().try_for_each(|h| h.join().map_err(|_| "hashing panicked".to_string())?)
+    })
+}
+
+/// Writes postroom's tree under `dir`: config, passwd-file (the same
+/// passwords Dovecot gets), one INBOX per user (a copy of its template),
+/// state directory. Returns the config's path.
 pub fn postroom_tree(dir: &Path, users: &[User], ids: &Ids) -> Res<PathBuf> {
+    hash_all(users)?;
     let spool = dir.join("spool");
     for d in [&spool, &dir.join("mail"), &dir.join("state")] {
         fs::create_dir_all(d).map_err(|e| format!("{}: {e}", d.display()))?;
     }
     let mut pw = String::new();
     for u in users {
-        pw.push_str(&format!("{}:{{PLAIN}}{}:::\n", u.name, u.password));
+        pw.push_str(&format!("{}:{}:::\n", u.name, stored_password(&u.password)?));
         copy(&u.template, &spool.join(&u.name))?;
     }
     write(&dir.join("passwd"), &pw)?;
@@ -149,7 +192,7 @@ pub fn dovecot_tree(dir: &Path, users: &[User], ids: &Ids) -> Res<()> {
     }
     let mut pw = String::new();
     for u in users {
-        pw.push_str(&format!("{}:{{PLAIN}}{}\n", u.name, u.password));
+        pw.push_str(&format!("{}:{}\n", u.name, stored_password(&u.password)?));
         let h = home.join(&u.name);
         fs::create_dir_all(h.join("mail")).map_err(|e| format!("{}: {e}", h.display()))?;
         copy(&u.template, &h.join("inbox"))?;
