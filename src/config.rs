@@ -540,6 +540,16 @@ pub struct Config {
     pub max_connections: u32,
     /// `max-connections-per-ip`: sessions at once from one address. Default 50.
     pub max_connections_per_ip: u32,
+    /// `max-connections-per-ipv6-net`: sessions at once from one IPv6 /64
+    /// (one host's usual share). Default: four times `max_connections_per_ip`.
+    pub max_connections_per_ipv6_net: u32,
+    /// `max-unauthenticated-connections`: connections at once that have not
+    /// logged in; past it, the oldest of them make room for new ones.
+    /// Default: half of `max_connections`. At most `max_connections`.
+    pub max_unauthenticated_connections: u32,
+    /// `login-timeout`: how long a connection may stay without logging in,
+    /// from accept (TLS handshakes and failed attempts included). Default 1 minute.
+    pub login_timeout: Duration,
     /// `idle-timeout-imap`. Default and minimum 30 minutes.
     pub idle_timeout_imap: Duration,
     /// `idle-timeout-pop3`. Default and minimum 10 minutes.
@@ -653,6 +663,9 @@ impl Config {
             user: None,
             max_connections: 1000,
             max_connections_per_ip: 50,
+            max_connections_per_ipv6_net: 200,
+            max_unauthenticated_connections: 500,
+            login_timeout: limits::LOGIN_TIMEOUT,
             idle_timeout_imap: MIN_IDLE_TIMEOUT_IMAP,
             idle_timeout_pop3: MIN_IDLE_TIMEOUT_POP3,
             auth_failure_delay: Duration::from_secs(2),
@@ -748,6 +761,9 @@ const KEYS: &[(&str, bool)] = &[
     ("user", false),
     ("max-connections", false),
     ("max-connections-per-ip", false),
+    ("max-connections-per-ipv6-net", false),
+    ("max-unauthenticated-connections", false),
+    ("login-timeout", false),
     ("idle-timeout-imap", false),
     ("idle-timeout-pop3", false),
     ("auth-failure-delay", false),
@@ -885,6 +901,9 @@ impl Parser {
             }
             "max-connections" => c.max_connections = count(one(key, args)?)?,
             "max-connections-per-ip" => c.max_connections_per_ip = count(one(key, args)?)?,
+            "max-connections-per-ipv6-net" => c.max_connections_per_ipv6_net = count(one(key, args)?)?,
+            "max-unauthenticated-connections" => c.max_unauthenticated_connections = count(one(key, args)?)?,
+            "login-timeout" => c.login_timeout = at_least(duration(one(key, args)?)?, Duration::from_secs(1), "")?,
             "idle-timeout-imap" => {
                 c.idle_timeout_imap = at_least(duration(one(key, args)?)?, MIN_IDLE_TIMEOUT_IMAP, " (RFC 3501 §5.4)")?
             }
@@ -1014,6 +1033,17 @@ impl Parser {
         }
         if !self.seen.contains_key("imap-max-literal") {
             self.cfg.imap_max_literal = self.cfg.max_message_size;
+        }
+        if !self.seen.contains_key("max-connections-per-ipv6-net") {
+            self.cfg.max_connections_per_ipv6_net = self.cfg.max_connections_per_ip.saturating_mul(4);
+        }
+        match self.seen.get("max-unauthenticated-connections") {
+            None => self.cfg.max_unauthenticated_connections = self.cfg.max_connections.div_ceil(2),
+            Some(&line) if self.cfg.max_unauthenticated_connections > self.cfg.max_connections => {
+                let max = self.cfg.max_connections;
+                self.error(line, format!("must be at most max-connections ({max})"));
+            }
+            Some(_) => {}
         }
         if self.errors.is_empty() {
             Ok(self.cfg)
@@ -1317,7 +1347,15 @@ mod tests {
         ("max-connections 5\nmax-connections-per-ip 2", |c| {
             c.max_connections = 5;
             c.max_connections_per_ip = 2;
+            c.max_connections_per_ipv6_net = 8;
+            c.max_unauthenticated_connections = 3;
         }),
+        ("max-connections-per-ipv6-net 7\nmax-connections 10\nmax-unauthenticated-connections 10", |c| {
+            c.max_connections = 10;
+            c.max_connections_per_ipv6_net = 7;
+            c.max_unauthenticated_connections = 10;
+        }),
+        ("login-timeout 2s", |c| c.login_timeout = Duration::from_secs(2)),
         ("idle-timeout-imap 1h", |c| c.idle_timeout_imap = Duration::from_secs(3600)),
         ("idle-timeout-imap 1800", |_| {}),
         ("idle-timeout-pop3 1d", |c| c.idle_timeout_pop3 = Duration::from_secs(86400)),
@@ -1430,6 +1468,9 @@ mod tests {
         ("idle-timeout-pop3 599", &[(1, "must be at least 10m (RFC 1939 §3)")]),
         ("plaintext-auth yes", &[(1, "expected tls-or-loopback, always or never, not `yes`")]),
         ("max-connections 0", &[(1, "`0` is not a whole number from 1 to 4294967295")]),
+        ("max-unauthenticated-connections 11\nmax-connections 10", &[(1, "must be at most max-connections (10)")]),
+        ("max-unauthenticated-connections 0", &[(1, "`0` is not a whole number from 1 to 4294967295")]),
+        ("login-timeout 0", &[(1, "must be at least 1s")]),
         ("max-connections-per-ip lots", &[(1, "`lots` is not a whole number from 1 to 4294967295")]),
         ("auth-workers 0", &[(1, "`0` is not a whole number from 1 to 64")]),
         ("auth-workers 65", &[(1, "`65` is not a whole number from 1 to 64")]),
@@ -1539,6 +1580,9 @@ mod tests {
         assert_eq!(c.lock, LockSettings::default());
         assert_eq!(c.idle_timeout_imap, Duration::from_secs(1800));
         assert_eq!(c.idle_timeout_pop3, Duration::from_secs(600));
+        assert_eq!(c.login_timeout, Duration::from_secs(60));
+        assert_eq!(c.max_unauthenticated_connections, 500);
+        assert_eq!(c.max_connections_per_ipv6_net, 200);
         assert_eq!(c.max_message_size, 50 * 1024 * 1024);
         assert_eq!(c.imap_max_literal, c.max_message_size);
         assert_eq!(c.imap_max_line_length, 65536);

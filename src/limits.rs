@@ -12,3 +12,33 @@ pub const MBOX_LOCK_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Largest message accepted by delivery and APPEND unless configured.
 pub const MAX_MESSAGE_SIZE: u64 = 50 * 1024 * 1024;
+
+/// How long a connection may go without logging in, counted from accept
+/// (TLS handshakes, STARTTLS and failed attempts included): a real client
+/// logs in within seconds, and each place held by a connection that does
+/// not is a place a user cannot have. Dovecot allows about three minutes.
+pub const LOGIN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The longest line before login (POP3 commands and SASL responses, the
+/// text of an IMAP command). The longest a login needs is SASL PLAIN with
+/// its initial response on the command line: base64 of an authorization
+/// identity and a user name of [`crate::auth::MAX_USER_LEN`] each and a
+/// password of [`crate::auth::MAX_PASSWORD_LEN`], 2052 octets. RFC 2449
+/// §4 gives POP3 commands 255 octets; RFC 5034 lets SASL responses be longer.
+pub const PRELOGIN_LINE: usize = 4096;
+
+/// The largest IMAP literal before login: a password
+/// ([`crate::auth::MAX_PASSWORD_LEN`]) sent as a literal. RFC 3501 §7.1
+/// and RFC 7888 §4 let a server refuse literals it will not take.
+pub const PRELOGIN_LITERAL: u64 = 1024;
+
+/// All literals of one IMAP command before login together: a user name
+/// and a password. With [`PRELOGIN_LINE`], a command before login holds
+/// at most 6 KiB.
+pub const PRELOGIN_LITERALS: u64 = 2048;
+
+/// After login a command must arrive whole within the idle timeout from
+/// its first byte, plus one second for every this many bytes of literal
+/// data it announces: slower than a 9600 bit/s modem, so an upload that
+/// keeps moving is never cut off, while one that crawls forever ends.
+pub const MIN_LITERAL_RATE: u64 = 1024;
