@@ -1,6 +1,7 @@
 //! The transport of postroomd, end to end: the real binary on loopback
 //! ports, standalone, under systemd socket activation and under inetd;
-//! connection caps, implicit TLS and STLS, signals.
+//! connection caps, implicit TLS and STLS, signals. What connections that
+//! have not logged in may do is in `prelogin.rs`.
 //!
 //! What a POP3 session does after its greeting is tested with the POP3
 //! session itself; here the greeting (and CAPA, STLS, QUIT) only show that
@@ -305,8 +306,18 @@ fn connections_over_the_per_ip_cap_are_refused() {
 #[test]
 fn connections_over_the_total_cap_are_refused() {
     let d = Daemon::start("max-connections 1");
+    // A connection that has not logged in makes room for the next one...
     let mut a = Client::connect(d.setup.pop3);
     greeting_ok(&a.line());
+    let mut b = Client::connect(d.setup.pop3);
+    greeting_ok(&b.line());
+    assert_eq!(a.line(), "-ERR [SYS/TEMP] Too many connections waiting to log in, try again later.\r\n");
+    assert!(a.closed());
+    d.setup.wait_log("reason=max-unauthenticated-connections limit=1");
+    // ...but a logged-in session keeps its place.
+    b.send("USER alice\r\nPASS alice\r\n");
+    assert_eq!(b.line(), "+OK\r\n");
+    assert!(b.line().starts_with("+OK Logged in"));
     let mut c = Client::connect(d.setup.pop3);
     assert_eq!(c.line(), "-ERR [SYS/TEMP] Too many connections, try again later\r\n");
     d.setup.wait_log("reason=max-connections limit=1");

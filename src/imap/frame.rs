@@ -19,12 +19,18 @@
 //! Limits ([`Limits`]): the command's text (its lines, not counting
 //! literals) is at most `max_line` bytes, each literal at most
 //! `max_literal` bytes, and there are at most `max_literals` literals.
-//! The literals of one command together carry at most `max_literal +
-//! max_line` bytes: one message of the largest size, with strings beside
-//! it (a mailbox name sent as a literal, say). A command thus holds at most
-//! `max_literal + 2 * max_line` bytes in memory, and literal data is
-//! stored as it arrives, so an announced size costs nothing until the
-//! bytes come.
+//! The literals of one command together carry at most `max_literal_total`
+//! bytes: after login `max_literal + max_line`, one message of the largest
+//! size with strings beside it (a mailbox name sent as a literal, say). A
+//! command thus holds at most `max_line + max_literal_total` bytes in
+//! memory, and literal data is stored as it arrives, so an announced size
+//! costs nothing until the bytes come. Before login the session frames
+//! with [`Limits::PRELOGIN`]: enough for a user name and a password, a few
+//! KB in all, whatever size a client announces.
+//!
+//! The wire hears when a command's literal is coming and when the command
+//! has ended ([`Wire::expect_literal`], [`Wire::end_command`]): the
+//! connection bounds the time from a command's first byte to its end.
 //!
 //! What the session does after each [`FrameError`] is part of the type's
 //! documentation: some keep the session going, some must end it, because
@@ -54,11 +60,16 @@ pub trait Wire {
     /// Sends a command continuation request, `+ text` and CRLF, and
     /// flushes it.
     fn continuation(&mut self, text: &str) -> io::Result<()>;
+    /// The command announced a literal of `size` bytes that will be read.
+    fn expect_literal(&mut self, _size: u64) {}
+    /// The command has been read, whole or not: the next byte starts the
+    /// next one.
+    fn end_command(&mut self) {}
 }
 
 impl Wire for Conn {
     fn read_line(&mut self, max: usize) -> Result<Vec<u8>, LineError> {
-        Conn::read_line(self, max)
+        Conn::read_part(self, max)
     }
 
     fn read_exact(&mut self, buf: &mut [u8]) -> io::Result<()> {
@@ -68,6 +79,14 @@ impl Wire for Conn {
     fn continuation(&mut self, text: &str) -> io::Result<()> {
         write!(self, "+ {text}\r\n")?;
         self.flush()
+    }
+
+    fn expect_literal(&mut self, size: u64) {
+        Conn::expect_literal(self, size)
+    }
+
+    fn end_command(&mut self) {
+        Conn::command_done(self)
     }
 }
 
@@ -82,6 +101,27 @@ pub struct Limits {
     pub max_literal: u64,
     /// Literals in one command.
     pub max_literals: usize,
+    /// All literals of one command together.
+    pub max_literal_total: u64,
+}
+
+impl Limits {
+    /// After login: `max_line` of text, literals of up to `max_literal`,
+    /// and `max_literal + max_line` of literal data in all.
+    pub fn new(max_line: usize, max_literal: u64, max_literals: usize) -> Limits {
+        Limits { max_line, max_literal, max_literals, max_literal_total: max_literal.saturating_add(max_line as u64) }
+    }
+
+    /// Before login: a command carries a user name and a password, or a
+    /// SASL initial response (`crate::limits`, RFC 3501 §7.1 and RFC 7888
+    /// §4 let a server refuse larger literals). LOGIN has two literals; ID
+    /// may have a few.
+    pub const PRELOGIN: Limits = Limits {
+        max_line: crate::limits::PRELOGIN_LINE,
+        max_literal: crate::limits::PRELOGIN_LITERAL,
+        max_literals: 4,
+        max_literal_total: crate::limits::PRELOGIN_LITERALS,
+    };
 }
 
 impl Default for Limits {
@@ -89,7 +129,7 @@ impl Default for Limits {
     /// and 64 literals: a search for a few non-ASCII strings in several
     /// header fields, each sent as a literal, stays well below that.
     fn default() -> Limits {
-        Limits { max_line: 64 * 1024, max_literal: crate::limits::MAX_MESSAGE_SIZE, max_literals: 64 }
+        Limits::new(64 * 1024, crate::limits::MAX_MESSAGE_SIZE, 64)
     }
 }
 
@@ -200,12 +240,20 @@ impl From<LineError> for FrameError {
 /// a literal announcement, the literal and the line after it. See the
 /// module documentation for the buffer's form and the limits.
 pub fn read_command(w: &mut impl Wire, limits: &Limits) -> Result<Vec<u8>, FrameError> {
+    let command = read_parts(w, limits);
+    if !matches!(command, Err(FrameError::Io(_))) {
+        w.end_command();
+    }
+    command
+}
+
+fn read_parts(w: &mut impl Wire, limits: &Limits) -> Result<Vec<u8>, FrameError> {
     let mut buf = Vec::new();
     let mut tag: Option<String> = None;
     let mut literals = 0usize;
     let mut literal_bytes = 0u64;
     let mut text = 0usize;
-    let literal_budget = limits.max_literal.saturating_add(limits.max_line as u64);
+    let literal_budget = limits.max_literal_total;
     // Set when a non-synchronizing literal goes over the count: the rest
     // of the command is read and thrown away, to stay in step.
     let mut dropping = false;
@@ -238,6 +286,7 @@ pub fn read_command(w: &mut impl Wire, limits: &Limits) -> Result<Vec<u8>, Frame
         if size > limits.max_literal || size > literal_budget - literal_bytes {
             return Err(FrameError::LiteralTooBig { tag, size, sync });
         }
+        w.expect_literal(size);
         if sync {
             w.continuation(LITERAL_CONTINUATION)?;
         }
@@ -303,6 +352,10 @@ pub struct MemWire {
     pending: Vec<u8>,
     /// The continuation requests sent, as on the wire.
     pub sent: Vec<u8>,
+    /// The literal sizes announced through [`Wire::expect_literal`].
+    pub literals: Vec<u64>,
+    /// How many commands ended ([`Wire::end_command`]).
+    pub ended: usize,
 }
 
 impl MemWire {
@@ -374,6 +427,14 @@ impl Wire for MemWire {
         self.sent.extend_from_slice(b"\r\n");
         Ok(())
     }
+
+    fn expect_literal(&mut self, size: u64) {
+        self.literals.push(size);
+    }
+
+    fn end_command(&mut self) {
+        self.ended += 1;
+    }
 }
 
 #[cfg(test)]
@@ -383,7 +444,7 @@ mod tests {
     const CONT: &[u8] = b"+ Ready for literal data\r\n";
 
     fn limits(max_line: usize, max_literal: u64, max_literals: usize) -> Limits {
-        Limits { max_line, max_literal, max_literals }
+        Limits::new(max_line, max_literal, max_literals)
     }
 
     /// Every command in `w` until the input ends, errors as their text
@@ -596,6 +657,52 @@ mod tests {
         assert!(got.ends_with(&body));
         let parsed = super::super::parse::parse(&got, &Default::default()).unwrap();
         assert!(matches!(parsed.command, crate::imap::command::Command::Append { message, .. } if message == body));
+    }
+
+    #[test]
+    fn before_login_a_command_holds_a_user_name_and_a_password() {
+        let p = Limits::PRELOGIN;
+        let pw = vec![b'p'; 1024];
+        let mut login = b"a LOGIN {256}\r\n".to_vec();
+        login.extend_from_slice(&[b'u'; 256]);
+        login.extend_from_slice(b" {1024+}\r\n");
+        login.extend_from_slice(&pw);
+        login.extend_from_slice(b"\r\n");
+        let mut w = MemWire::new(&login);
+        let got = read_command(&mut w, &p).unwrap();
+        assert!(got.ends_with(&pw));
+        assert_eq!((w.literals.clone(), w.ended), (vec![256, 1024], 1));
+        // One byte over a password, or over a name and a password together.
+        let e = read_command(&mut MemWire::new(b"a LOGIN {1025}\r\n"), &p).unwrap_err();
+        assert!(matches!(e, FrameError::LiteralTooBig { size: 1025, sync: true, .. }), "{e:?}");
+        let mut input = b"a LOGIN {1024}\r\n".to_vec();
+        input.extend_from_slice(&pw);
+        input.extend_from_slice(b" {1025+}\r\n");
+        let e = read_command(&mut MemWire::new(&input), &p).unwrap_err();
+        assert!(matches!(e, FrameError::LiteralTooBig { size: 1025, sync: false, .. }), "{e:?}");
+        let mut input = b"a X {1024}\r\n".to_vec();
+        input.extend_from_slice(&pw);
+        input.extend_from_slice(b" {1024}\r\n");
+        input.extend_from_slice(&pw);
+        input.extend_from_slice(b" {1}\r\n");
+        let e = read_command(&mut MemWire::new(&input), &p).unwrap_err();
+        assert!(matches!(e, FrameError::LiteralTooBig { size: 1, .. }), "{e:?}");
+        // The 50 MB literal of an APPEND is refused at its announcement,
+        // and nothing of it is read or held.
+        let e = read_command(&mut MemWire::new(b"a LOGIN {52427800+}\r\n"), &p).unwrap_err();
+        assert!(matches!(e, FrameError::LiteralTooBig { size: 52427800, sync: false, .. }), "{e:?}");
+        assert!(!e.is_recoverable());
+        // The text of a command: 4 KiB, enough for SASL-IR of the longest login.
+        let line = format!("a AUTHENTICATE PLAIN {}\r\n", "A".repeat(2052));
+        assert!(read_command(&mut MemWire::new(line.as_bytes()), &p).is_ok());
+        let line = format!("a AUTHENTICATE PLAIN {}\r\n", "A".repeat(4096));
+        let e = read_command(&mut MemWire::new(line.as_bytes()), &p).unwrap_err();
+        assert!(matches!(e, FrameError::TooLong { tag: None }), "{e:?}");
+        // Refusals end the command too; only I/O errors leave it open.
+        let mut w = MemWire::new(b"a LOGIN {1025}\r\nb NOOP\r\n");
+        let _ = read_command(&mut w, &p);
+        assert_eq!(read_command(&mut w, &p).unwrap(), b"b NOOP");
+        assert_eq!((w.ended, w.literals.len()), (2, 0));
     }
 
     #[test]

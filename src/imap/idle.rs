@@ -19,7 +19,7 @@ use log::debug;
 use super::response::ImapError;
 use super::selected::Report;
 use super::session::{Done, Session, State};
-use crate::net::LineError;
+use crate::net::{Cutoff, LineError};
 use crate::store::watch;
 
 /// Without inotify, how often to look at the file for outside changes.
@@ -82,7 +82,7 @@ impl Session<'_> {
             }
             let idle_left = limit.saturating_sub(started.elapsed());
             if idle_left.is_zero() {
-                return Err(ImapError::Bye("Disconnected for inactivity.".into()));
+                return Err(ImapError::Cutoff(Cutoff::Idle));
             }
             let mut timeout = keepalive.saturating_sub(last_sent.elapsed()).min(idle_left);
             if poll_file {
@@ -119,7 +119,7 @@ impl Session<'_> {
             Ok(l) => l,
             Err(LineError::TooLong) => return Err(ImapError::bad("Expected DONE.")),
             Err(LineError::Eof) => return Err(ImapError::Io(std::io::ErrorKind::UnexpectedEof.into())),
-            Err(LineError::Io(e)) => return Err(ImapError::Io(e)),
+            Err(LineError::Io(e)) => return Err(e.into()),
         };
         debug!("{} imap idle-done after={}s", self.sid, started.elapsed().as_secs());
         if !line.eq_ignore_ascii_case(b"DONE") {

@@ -6,6 +6,7 @@
 use std::fmt;
 use std::io;
 
+use crate::net::conn::{self, Cutoff};
 use crate::store::StoreError;
 
 /// Why a command did not succeed.
@@ -19,6 +20,15 @@ pub enum ImapError {
     Store(StoreError),
     /// The session must end: `* BYE text`.
     Bye(String),
+    /// A deadline passed, or the connection was closed to make room: the
+    /// session ends with a `BYE` that says which.
+    Cutoff(Cutoff),
+    /// A literal larger than the session takes. Synchronizing (`sync`):
+    /// refused with `NO [TOOBIG]` before the client sends it, and the
+    /// session goes on. Non-synchronizing: the client is sending it anyway
+    /// and its bytes cannot be told from commands (RFC 7888 §4), so the
+    /// session ends with `BYE`.
+    LiteralTooBig { size: u64, limit: u64, before_login: bool, sync: bool },
     /// The connection is gone.
     Io(io::Error),
 }
@@ -34,7 +44,8 @@ impl ImapError {
 
     /// True when the session ends after this.
     pub fn is_fatal(&self) -> bool {
-        matches!(self, ImapError::Bye(_) | ImapError::Io(_))
+        matches!(self, ImapError::Bye(_) | ImapError::Cutoff(_) | ImapError::Io(_))
+            || matches!(self, ImapError::LiteralTooBig { sync: false, .. })
     }
 
     /// The tagged (or, for BYE, untagged) response line, without CRLF.
@@ -49,8 +60,24 @@ impl ImapError {
                 format!("{tag} NO [{code}] {text}")
             }
             ImapError::Bye(t) => format!("* BYE {t}"),
+            ImapError::Cutoff(c) => format!("* BYE {}", farewell(*c)),
+            ImapError::LiteralTooBig { sync: false, .. } => "* BYE Literal too large.".to_string(),
+            ImapError::LiteralTooBig { size, limit, before_login, sync: true } => {
+                let when = if *before_login { " before login" } else { "" };
+                format!("{tag} NO [TOOBIG] Literal of {size} bytes is larger than the limit of {limit}{when}.")
+            }
             ImapError::Io(_) => "* BYE Connection error".to_string(),
         }
+    }
+}
+
+/// The text of the `BYE` that ends a session for a cutoff.
+fn farewell(c: Cutoff) -> &'static str {
+    match c {
+        Cutoff::Idle => "Disconnected for inactivity.",
+        Cutoff::Login => "Disconnected: no login in time.",
+        Cutoff::Command => "Disconnected: the command took too long to arrive.",
+        Cutoff::Evicted => "Too many connections waiting to log in, try again later.",
     }
 }
 
@@ -76,6 +103,8 @@ impl fmt::Display for ImapError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ImapError::Bad(t) | ImapError::No(_, t) | ImapError::Bye(t) => f.write_str(t),
+            ImapError::Cutoff(c) => write!(f, "{c}"),
+            ImapError::LiteralTooBig { size, limit, .. } => write!(f, "literal of {size} bytes over {limit}"),
             ImapError::Store(e) => write!(f, "{e}"),
             ImapError::Io(e) => write!(f, "{e}"),
         }
@@ -93,8 +122,13 @@ impl std::error::Error for ImapError {
 }
 
 impl From<io::Error> for ImapError {
+    /// A cutoff becomes its own variant, so that the session can say why
+    /// it ends; any other I/O error means the connection is gone.
     fn from(e: io::Error) -> ImapError {
-        ImapError::Io(e)
+        match conn::cutoff(&e) {
+            Some(c) => ImapError::Cutoff(c),
+            None => ImapError::Io(e),
+        }
     }
 }
 
@@ -189,5 +223,30 @@ mod tests {
         assert_eq!(w(|o| nstring(o, None)), "NIL");
         assert_eq!(w(|o| nstring(o, Some(b"x]"))), "\"x]\"");
         assert_eq!(w(|o| literal(o, b"a\0b")), "{3}\r\na\u{80}b".replace('\u{80}', "\u{fffd}"));
+    }
+
+    #[test]
+    fn refusals_and_farewells() {
+        let big = |before_login, sync| ImapError::LiteralTooBig { size: 5000, limit: 1024, before_login, sync };
+        assert_eq!(
+            big(true, true).wire("a"),
+            "a NO [TOOBIG] Literal of 5000 bytes is larger than the limit of 1024 before login."
+        );
+        assert_eq!(big(false, true).wire("a"), "a NO [TOOBIG] Literal of 5000 bytes is larger than the limit of 1024.");
+        assert!(!big(true, true).is_fatal());
+        assert_eq!(big(true, false).wire("a"), "* BYE Literal too large.");
+        assert!(big(true, false).is_fatal());
+        for (c, text) in [
+            (Cutoff::Idle, "* BYE Disconnected for inactivity."),
+            (Cutoff::Login, "* BYE Disconnected: no login in time."),
+            (Cutoff::Command, "* BYE Disconnected: the command took too long to arrive."),
+            (Cutoff::Evicted, "* BYE Too many connections waiting to log in, try again later."),
+        ] {
+            let e = ImapError::from(io::Error::new(io::ErrorKind::TimedOut, c));
+            assert!(matches!(e, ImapError::Cutoff(got) if got == c), "{e:?}");
+            assert_eq!(e.wire("t"), text);
+            assert!(e.is_fatal());
+        }
+        assert!(matches!(ImapError::from(io::Error::from(io::ErrorKind::BrokenPipe)), ImapError::Io(_)));
     }
 }

@@ -24,8 +24,9 @@ use crate::store::names::MailRoot;
 
 /// Bad commands in a row before we hang up on a confused or hostile client.
 const MAX_BAD_COMMANDS: u32 = 20;
-/// Longest SASL response line (base64 of credentials).
-const MAX_SASL_LINE: usize = 16 * 1024;
+/// Longest SASL response line (base64 of credentials): SASL happens
+/// before login only.
+const MAX_SASL_LINE: usize = crate::limits::PRELOGIN_LINE;
 /// Literals per command: APPEND has one, LOGIN two; nothing needs many.
 const MAX_LITERALS: usize = 64;
 
@@ -82,11 +83,8 @@ impl<'a> Session<'a> {
     pub fn new(conn: Conn, ctx: &'a Context, sid: String) -> Session<'a> {
         let config = ctx.config();
         let parse_limits = ParseLimits { max_depth: config.imap_max_nesting as usize };
-        let frame_limits = frame::Limits {
-            max_line: config.imap_max_line_length as usize,
-            max_literal: config.imap_max_literal,
-            max_literals: MAX_LITERALS,
-        };
+        let frame_limits =
+            frame::Limits::new(config.imap_max_line_length as usize, config.imap_max_literal, MAX_LITERALS);
         Session {
             conn,
             ctx,
@@ -124,6 +122,17 @@ impl<'a> Session<'a> {
                 let _ = self.conn.flush();
                 "bye"
             }
+            Err(e @ (ImapError::Cutoff(_) | ImapError::LiteralTooBig { .. })) => {
+                if let ImapError::Cutoff(c) = e {
+                    crate::net::log_cutoff(&self.sid, "imap", c, &self.config, self.config.idle_timeout_imap);
+                }
+                let _ = write!(self.conn, "{}\r\n", e.wire("*"));
+                let _ = self.conn.flush();
+                match e {
+                    ImapError::Cutoff(c) => c.name(),
+                    _ => "literal-too-big",
+                }
+            }
             Err(e) => {
                 debug!("{} imap error {e}", self.sid);
                 "error"
@@ -147,16 +156,26 @@ impl<'a> Session<'a> {
         Ok(())
     }
 
+    /// The caps on the next command: small before login, whatever size a
+    /// client announces.
+    fn frame_limits(&self) -> frame::Limits {
+        match self.state {
+            State::NotAuthenticated => frame::Limits::PRELOGIN,
+            _ => self.frame_limits,
+        }
+    }
+
     fn serve_commands(&mut self) -> Result<&'static str, ImapError> {
         loop {
-            let buf = match frame::read_command(&mut self.conn, &self.frame_limits) {
+            let limits = self.frame_limits();
+            let buf = match frame::read_command(&mut self.conn, &limits) {
                 Ok(b) => b,
                 Err(FrameError::Eof) => return Ok("eof"),
                 Err(FrameError::Io(e)) => {
-                    if crate::net::conn::is_timeout(&e) {
-                        return Err(ImapError::Bye("Disconnected for inactivity.".into()));
-                    }
-                    return Ok("connection-error");
+                    return match ImapError::from(e) {
+                        ImapError::Io(_) => Ok("connection-error"),
+                        cutoff => Err(cutoff),
+                    };
                 }
                 Err(FrameError::TooLong { tag }) => {
                     self.bad_command(tag.as_deref(), "Line too long")?;
@@ -167,18 +186,21 @@ impl<'a> Session<'a> {
                     continue;
                 }
                 Err(FrameError::LiteralTooBig { tag, size, sync }) => {
-                    warn!("{} imap literal-too-big size={size}", self.sid);
-                    if !sync {
+                    let before_login = matches!(self.state, State::NotAuthenticated);
+                    let limit = limits.max_literal;
+                    warn!(
+                        "{} imap literal-too-big size={size} limit={limit} sync={} login={}",
+                        self.sid,
+                        yes(sync),
+                        yes(!before_login)
+                    );
+                    let e = ImapError::LiteralTooBig { size, limit, before_login, sync };
+                    if e.is_fatal() {
                         // The client is already sending it (LITERAL+): the
                         // only way to stay in step is to hang up.
-                        return Err(ImapError::Bye("Literal too large.".into()));
+                        return Err(e);
                     }
-                    let tag = tag.unwrap_or_else(|| "*".into());
-                    write!(
-                        self.conn,
-                        "{tag} NO [TOOBIG] Literal of {size} bytes is larger than the limit of {}.\r\n",
-                        self.frame_limits.max_literal
-                    )?;
+                    write!(self.conn, "{}\r\n", e.wire(tag.as_deref().unwrap_or("*")))?;
                     self.conn.flush()?;
                     continue;
                 }
@@ -453,7 +475,7 @@ impl<'a> Session<'a> {
                         Ok(l) => l,
                         Err(LineError::TooLong) => return Err(ImapError::bad("Authentication response too long.")),
                         Err(LineError::Eof) => return Err(ImapError::Io(std::io::ErrorKind::UnexpectedEof.into())),
-                        Err(LineError::Io(e)) => return Err(ImapError::Io(e)),
+                        Err(LineError::Io(e)) => return Err(e.into()),
                     };
                     let line = String::from_utf8(line).unwrap_or_default();
                     step = ex.respond(&line);
@@ -493,6 +515,8 @@ impl<'a> Session<'a> {
             log::error!("{} imap mail-root user={} {e}", self.sid, account.name);
             ImapError::No(Some("SERVERBUG"), "Internal error; see server log.".into())
         })?;
+        // The login clock stops, and the place becomes a session's.
+        self.conn.logged_in()?;
         info!("{} imap login user={} method={method} tls={}", self.sid, account.name, yes(self.conn.is_tls()));
         let user = User { account, root };
         self.prepare_special_use(&user);

@@ -76,7 +76,7 @@ pub fn run(config: Config, protocol: Protocol, opts: &Options) -> i32 {
     let stream = unsafe { TcpStream::from_raw_fd(0) };
     let peer = stream.peer_addr().unwrap_or(UNKNOWN_PEER);
     let ctx = Context::new(config, tls);
-    super::serve(protocol, stream, peer, Via::Inetd, &ctx);
+    super::serve(protocol, stream, peer, Via::Inetd, None, &ctx);
     0
 }
 

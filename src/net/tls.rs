@@ -195,9 +195,26 @@ fn generate(host: &str) -> Result<(String, String), String> {
 /// A server config with a fresh self-signed certificate, for unit tests.
 #[cfg(test)]
 pub(crate) fn self_signed_for_tests() -> Arc<ServerConfig> {
+    pair_for_tests().0
+}
+
+/// A server config with a new self-signed certificate for localhost, and
+/// a client config that trusts it alone.
+#[cfg(test)]
+pub(crate) fn pair_for_tests() -> (Arc<ServerConfig>, Arc<rustls::ClientConfig>) {
     let (cert, key) = generate("localhost").unwrap();
     let chain = CertificateDer::pem_slice_iter(cert.as_bytes()).collect::<Result<Vec<_>, _>>().unwrap();
-    build(chain, PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap()).unwrap()
+    let mut roots = rustls::RootCertStore::empty();
+    for c in &chain {
+        roots.add(c.clone()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    (build(chain, PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap()).unwrap(), Arc::new(client))
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 use std::fmt;
 use std::io;
 
+use crate::net::conn::{self, Cutoff};
 use crate::store::StoreError;
 
 #[derive(Debug)]
@@ -37,13 +38,21 @@ pub enum Pop3Error {
     Temporary(String),
     /// The store failed in a way worth logging.
     Store(StoreError),
+    /// A deadline passed, or the connection was closed to make room: the
+    /// session ends with an `-ERR` that says which.
+    Cutoff(Cutoff),
     /// The connection is gone or timed out: end the session.
     Io(io::Error),
 }
 
 impl From<io::Error> for Pop3Error {
+    /// A cutoff becomes its own variant, so that the session can say why
+    /// it ends.
     fn from(e: io::Error) -> Self {
-        Pop3Error::Io(e)
+        match conn::cutoff(&e) {
+            Some(c) => Pop3Error::Cutoff(c),
+            None => Pop3Error::Io(e),
+        }
     }
 }
 
@@ -79,13 +88,20 @@ impl Pop3Error {
             Pop3Error::Vanished(n) => format!("-ERR [SYS/TEMP] Message {n} was removed by another client."),
             Pop3Error::Temporary(_) => "-ERR [SYS/TEMP] Temporary failure; see server log. Try again later.".into(),
             Pop3Error::Store(_) => "-ERR [SYS/PERM] Internal error; see server log.".into(),
+            Pop3Error::Cutoff(Cutoff::Idle) => "-ERR Disconnected for inactivity.".into(),
+            Pop3Error::Cutoff(Cutoff::Login) => "-ERR Disconnected: no login in time.".into(),
+            Pop3Error::Cutoff(Cutoff::Command) => "-ERR Disconnected: the command took too long to arrive.".into(),
+            // RFC 3206 §4: SYS/TEMP, as for a connection refused at accept.
+            Pop3Error::Cutoff(Cutoff::Evicted) => {
+                "-ERR [SYS/TEMP] Too many connections waiting to log in, try again later.".into()
+            }
             Pop3Error::Io(_) => "-ERR Connection error".into(),
         }
     }
 
     /// True for errors that end the session.
     pub fn is_fatal(&self) -> bool {
-        matches!(self, Pop3Error::Io(_))
+        matches!(self, Pop3Error::Io(_) | Pop3Error::Cutoff(_))
     }
 }
 
@@ -94,6 +110,7 @@ impl fmt::Display for Pop3Error {
         match self {
             Pop3Error::Temporary(t) => write!(f, "temporary failure: {t}"),
             Pop3Error::Store(e) => write!(f, "store: {e}"),
+            Pop3Error::Cutoff(c) => write!(f, "{c}"),
             Pop3Error::Io(e) => write!(f, "i/o: {e}"),
             other => f.write_str(&other.wire()),
         }
@@ -107,5 +124,26 @@ impl std::error::Error for Pop3Error {
             Pop3Error::Io(e) => Some(e),
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn farewells() {
+        for (c, text) in [
+            (Cutoff::Idle, "-ERR Disconnected for inactivity."),
+            (Cutoff::Login, "-ERR Disconnected: no login in time."),
+            (Cutoff::Command, "-ERR Disconnected: the command took too long to arrive."),
+            (Cutoff::Evicted, "-ERR [SYS/TEMP] Too many connections waiting to log in, try again later."),
+        ] {
+            let e = Pop3Error::from(io::Error::new(io::ErrorKind::TimedOut, c));
+            assert!(matches!(e, Pop3Error::Cutoff(got) if got == c), "{e:?}");
+            assert_eq!(e.wire(), text);
+            assert!(e.is_fatal());
+        }
+        assert!(matches!(Pop3Error::from(io::Error::from(io::ErrorKind::BrokenPipe)), Pop3Error::Io(_)));
     }
 }

@@ -24,7 +24,8 @@ use crate::store::lock::SessionLock;
 use crate::store::{Event, Flags, Shared, StoreError};
 
 /// RFC 2449 section 4: a command line is at most 255 octets; SASL
-/// responses (RFC 5034) may be longer.
+/// responses (RFC 5034) may be longer. Before login the cap is
+/// [`crate::limits::PRELOGIN_LINE`], which the longest login still fits.
 const MAX_LINE: usize = 8 * 1024;
 /// Bad commands before we hang up on a confused or hostile client.
 const MAX_BAD_COMMANDS: u32 = 20;
@@ -111,6 +112,13 @@ impl<'a> Session<'a> {
         self.conn.set_timeout(self.config.idle_timeout_pop3);
         let reason = match self.greet().and_then(|_| self.serve_commands()) {
             Ok(r) => r,
+            Err(e @ Pop3Error::Cutoff(c)) => {
+                crate::net::log_cutoff(&self.sid, "pop3", c, &self.config, self.config.idle_timeout_pop3);
+                let _ = self.conn.write_all(e.wire().as_bytes());
+                let _ = self.conn.write_all(b"\r\n");
+                let _ = self.conn.flush();
+                c.name()
+            }
             Err(e) => {
                 debug!("{} pop3 error {e}", self.sid);
                 "error"
@@ -129,9 +137,17 @@ impl<'a> Session<'a> {
         Ok(())
     }
 
+    /// The longest line the session reads now: less before login.
+    fn max_line(&self) -> usize {
+        match self.state {
+            State::Authorization { .. } => crate::limits::PRELOGIN_LINE,
+            State::Transaction(_) => MAX_LINE,
+        }
+    }
+
     fn serve_commands(&mut self) -> Result<&'static str, Pop3Error> {
         loop {
-            let line = match self.conn.read_line(MAX_LINE) {
+            let line = match self.conn.read_line(self.max_line()) {
                 Ok(l) => l,
                 Err(LineError::TooLong) => {
                     self.bad_command(Pop3Error::Syntax("Line too long"))?;
@@ -139,13 +155,10 @@ impl<'a> Session<'a> {
                 }
                 Err(LineError::Eof) => return Ok("eof"),
                 Err(LineError::Io(e)) => {
-                    return Ok(if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) {
-                        let _ = self.conn.write_all(b"-ERR Disconnected for inactivity.\r\n");
-                        let _ = self.conn.flush();
-                        "timeout"
-                    } else {
-                        "connection-error"
-                    });
+                    return match Pop3Error::from(e) {
+                        Pop3Error::Io(_) => Ok("connection-error"),
+                        cutoff => Err(cutoff),
+                    };
                 }
             };
             let cmd = match command::parse(&line) {
@@ -339,11 +352,11 @@ impl<'a> Session<'a> {
     fn challenge(&mut self, c: &str) -> Result<String, Pop3Error> {
         self.conn.write_all(format!("+ {c}\r\n").as_bytes())?;
         self.conn.flush()?;
-        let line = match self.conn.read_line(MAX_LINE) {
+        let line = match self.conn.read_line(crate::limits::PRELOGIN_LINE) {
             Ok(l) => l,
             Err(LineError::TooLong) => return Err(Pop3Error::Syntax("Line too long")),
             Err(LineError::Eof) => return Err(Pop3Error::Io(std::io::ErrorKind::UnexpectedEof.into())),
-            Err(LineError::Io(e)) => return Err(Pop3Error::Io(e)),
+            Err(LineError::Io(e)) => return Err(e.into()),
         };
         if line == b"*" {
             return Err(Pop3Error::AuthCancelled);
@@ -362,6 +375,8 @@ impl<'a> Session<'a> {
             Err(AuthError::Temporary(t)) => return Err(Pop3Error::Temporary(t)),
         };
         let drop = self.open_maildrop(&account)?;
+        // The login clock stops, and the place becomes a session's.
+        self.conn.logged_in()?;
         info!(
             "{} pop3 login user={} method={method} tls={} messages={}",
             self.sid,
