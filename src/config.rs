@@ -657,6 +657,7 @@ impl Config {
                 order: vec![LockMethod::Dotlock, LockMethod::Fcntl],
                 timeout: limits::MBOX_LOCK_TIMEOUT,
                 dotlock_stale: limits::DOTLOCK_STALE,
+                dotlock_stale_empty: limits::DOTLOCK_STALE_EMPTY,
             },
             state_dir: PathBuf::from("/var/lib/postroom"),
             plaintext_auth: PlaintextAuth::TlsOrLoopback,
@@ -757,6 +758,7 @@ const KEYS: &[(&str, bool)] = &[
     ("mbox-lock-order", false),
     ("mbox-lock-timeout", false),
     ("dotlock-stale", false),
+    ("dotlock-stale-empty", false),
     ("plaintext-auth", false),
     ("user", false),
     ("max-connections", false),
@@ -884,6 +886,9 @@ impl Parser {
             }
             "mbox-lock-timeout" => c.lock.timeout = duration(one(key, args)?)?,
             "dotlock-stale" => c.lock.dotlock_stale = at_least(duration(one(key, args)?)?, MIN_DOTLOCK_STALE, "")?,
+            "dotlock-stale-empty" => {
+                c.lock.dotlock_stale_empty = at_least(duration(one(key, args)?)?, Duration::from_secs(1), "")?
+            }
             "plaintext-auth" => {
                 let v = one(key, args)?;
                 c.plaintext_auth = PlaintextAuth::parse(v)
@@ -1341,6 +1346,7 @@ mod tests {
         ("mbox-lock-timeout 2m", |c| c.lock.timeout = Duration::from_secs(120)),
         ("mbox-lock-timeout 0", |c| c.lock.timeout = Duration::ZERO),
         ("dotlock-stale 1h", |c| c.lock.dotlock_stale = Duration::from_secs(3600)),
+        ("dotlock-stale-empty 3s", |c| c.lock.dotlock_stale_empty = Duration::from_secs(3)),
         ("plaintext-auth always", |c| c.plaintext_auth = PlaintextAuth::Always),
         ("plaintext-auth never", |c| c.plaintext_auth = PlaintextAuth::Never),
         ("user vmail", |c| c.user = Some("vmail".into())),

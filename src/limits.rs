@@ -6,6 +6,14 @@ use std::time::Duration;
 /// procmail use about five minutes as well).
 pub const DOTLOCK_STALE: Duration = Duration::from_secs(5 * 60);
 
+/// An empty or unparseable dotlock is stale after this: a process killed
+/// between creating the lock and writing its pid into it left it, and
+/// nothing tells whether its owner lives. Short enough that a delivery
+/// waiting the default lock timeout (30 s) still gets through; the fcntl
+/// lock taken after the dotlock still keeps out a live writer that left its
+/// dotlock empty (Postfix does).
+pub const DOTLOCK_STALE_EMPTY: Duration = Duration::from_secs(10);
+
 /// How long to wait for a mailbox lock before giving up (delivery then
 /// exits EX_TEMPFAIL and the MTA tries again later).
 pub const MBOX_LOCK_TIMEOUT: Duration = Duration::from_secs(30);

@@ -209,3 +209,48 @@ fn issue8_2_forged_x_uid_in_new_mail_is_not_believed() {
     assert_eq!(again.messages().iter().map(|m| m.uid).collect::<Vec<_>>(), got);
     assert_eq!(again.uidnext(), next + 2);
 }
+
+/// Finding 4: a process killed between creating `<mbox>.lock` and writing
+/// its pid leaves an empty dotlock, which was judged stale only by age
+/// (five minutes): `postroom deliver` gave up (exit 75) before that.
+/// Now an empty one is stale after `dotlock-stale-empty` (10 s), while a
+/// young one is still respected.
+#[test]
+fn issue8_4_an_empty_dotlock_is_stale_after_seconds() {
+    use std::process::{Command, Stdio};
+    let t = Tmp::new();
+    let conf = write_config(t.dir.path(), &["alice"], "mbox-lock-timeout 3s\n");
+    fs::create_dir_all(t.path("spool")).unwrap();
+    let spool = t.path("spool/alice");
+    fs::write(&spool, b"").unwrap();
+    let lock = t.path("spool/alice.lock");
+    let deliver = |id: &str| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_postroom"))
+            .args(["deliver", "-f"])
+            .arg(&conf)
+            .arg("alice")
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(&message_for(id)).unwrap();
+        child.wait_with_output().unwrap()
+    };
+    // Young and empty: its owner may be writing its pid right now.
+    fs::write(&lock, b"").unwrap();
+    let out = deliver("young");
+    assert_eq!(out.status.code(), Some(75), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(lock.exists());
+    // Twenty seconds old and empty: broken.
+    let old = std::time::SystemTime::now() - Duration::from_secs(20);
+    File::options().write(true).open(&lock).unwrap().set_modified(old).unwrap();
+    let out = deliver("after");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!lock.exists());
+    let mb = open(&spool);
+    assert_eq!(contents(&mb).into_iter().map(|(_, b)| b).collect::<Vec<_>>(), vec![message_for("after")]);
+    // Garbage instead of a pid counts as empty.
+    fs::write(&lock, b"not a pid\n").unwrap();
+    File::options().write(true).open(&lock).unwrap().set_modified(old).unwrap();
+    assert!(deliver("garbage").status.success());
+}

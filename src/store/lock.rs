@@ -10,8 +10,10 @@
 //! - **Dotlock** `<mbox>.lock`: created with `O_CREAT|O_EXCL`, holding our
 //!   pid and a newline. A dotlock left behind by a crash or a full disk would
 //!   block delivery for good, so one is broken when its mtime is older than
-//!   [`LockSettings::dotlock_stale`] or when it names a pid that no longer
-//!   exists on this host. Dotlocks work over NFS, which fcntl locks may not.
+//!   [`LockSettings::dotlock_stale`], when it names a pid that no longer
+//!   exists on this host, or when it is empty or unparseable and older than
+//!   [`LockSettings::dotlock_stale_empty`] (its owner died before writing
+//!   its pid). Dotlocks work over NFS, which fcntl locks may not.
 //! - **fcntl**: on Linux an open file description (OFD) lock on the whole
 //!   file. It belongs to the open file, not to the process, so the threads of
 //!   this process exclude each other, closing some other descriptor of the
@@ -56,6 +58,9 @@ pub struct LockSettings {
     pub timeout: Duration,
     /// A dotlock older than this is stale and is broken.
     pub dotlock_stale: Duration,
+    /// An empty or unparseable dotlock (no pid to check) older than this
+    /// is stale too.
+    pub dotlock_stale_empty: Duration,
 }
 
 impl Default for LockSettings {
@@ -64,6 +69,7 @@ impl Default for LockSettings {
             order: vec![LockMethod::Dotlock, LockMethod::Fcntl],
             timeout: Duration::from_secs(30),
             dotlock_stale: Duration::from_secs(300),
+            dotlock_stale_empty: crate::limits::DOTLOCK_STALE_EMPTY,
         }
     }
 }
@@ -179,7 +185,7 @@ fn acquire_write(
         }
         done.push(method);
         let held = match method {
-            LockMethod::Dotlock => dotlock_acquire(path, settings.dotlock_stale, deadline)?,
+            LockMethod::Dotlock => dotlock_acquire(path, settings, deadline)?,
             LockMethod::Fcntl => fcntl_acquire(file, path, libc::F_WRLCK, deadline)?,
         };
         match held {
@@ -277,7 +283,7 @@ pub fn dotlock_path(path: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
-fn dotlock_acquire(path: &Path, stale: Duration, deadline: Instant) -> Result<Option<Held>, StoreError> {
+fn dotlock_acquire(path: &Path, settings: &LockSettings, deadline: Instant) -> Result<Option<Held>, StoreError> {
     let lock_path = dotlock_path(path);
     let mut backoff = Backoff::new(deadline);
     loop {
@@ -287,7 +293,7 @@ fn dotlock_acquire(path: &Path, stale: Duration, deadline: Instant) -> Result<Op
             if let Some(held) = dotlock_create(&lock_path)? {
                 return Ok(Some(held));
             }
-            if !break_if_stale(&lock_path, stale)? {
+            if !break_if_stale(&lock_path, settings)? {
                 break;
             }
         }
@@ -343,7 +349,7 @@ fn same_file(path: &Path, file: &File) -> bool {
 
 /// Removes the dotlock at `lock_path` if it is stale. `Ok(true)` when the
 /// name may be free now (removed, or gone by itself).
-fn break_if_stale(lock_path: &Path, stale: Duration) -> Result<bool, StoreError> {
+fn break_if_stale(lock_path: &Path, settings: &LockSettings) -> Result<bool, StoreError> {
     let first = match fs::symlink_metadata(lock_path) {
         Ok(m) => m,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(true),
@@ -353,7 +359,7 @@ fn break_if_stale(lock_path: &Path, stale: Duration) -> Result<bool, StoreError>
         // Not something a mail program makes: leave it to the administrator.
         return Ok(false);
     }
-    let reason = match stale_reason(lock_path, &first, stale) {
+    let reason = match stale_reason(lock_path, &first, settings) {
         Some(reason) => reason,
         None => return Ok(false),
     };
@@ -386,29 +392,40 @@ fn unchanged(a: &Metadata, b: &Metadata) -> bool {
 }
 
 /// Why the dotlock described by `meta` is stale, or `None` if it is live.
-fn stale_reason(lock_path: &Path, meta: &Metadata, stale: Duration) -> Option<String> {
-    if let Ok(mtime) = meta.modified() {
-        // An mtime in the future (clock skew) is not old.
-        if let Ok(age) = SystemTime::now().duration_since(mtime) {
-            if age > stale {
-                return Some(format!("age={}s", age.as_secs()));
-            }
-        }
+///
+/// Older than `dotlock-stale`: stale, whoever made it. Naming a pid that
+/// does not exist on this host: stale. Empty or unparseable (its owner was
+/// killed before it wrote its pid, or it is an MTA's that leaves it empty):
+/// stale after the shorter `dotlock-stale-empty`. One we cannot read is
+/// judged by age only. The pid is taken to be of this host: on storage
+/// shared between hosts, postroom and the MTA must run on one.
+fn stale_reason(lock_path: &Path, meta: &Metadata, settings: &LockSettings) -> Option<String> {
+    // An mtime in the future (clock skew) is not old.
+    let age = meta.modified().ok().and_then(|m| SystemTime::now().duration_since(m).ok());
+    if let Some(age) = age.filter(|a| *a > settings.dotlock_stale) {
+        return Some(format!("age={}s", age.as_secs()));
     }
-    // Postfix and others leave the file empty; an empty or unreadable lock
-    // is judged by its age only. The pid is taken to be of this host: on
-    // storage shared between hosts, postroom and the MTA must run on one.
-    let pid = read_pid(lock_path, meta)?;
-    if process_exists(pid) {
-        None
-    } else {
-        Some(format!("dead-pid={pid}"))
+    match read_pid(lock_path, meta)? {
+        Owner::Pid(pid) if process_exists(pid) => None,
+        Owner::Pid(pid) => Some(format!("dead-pid={pid}")),
+        Owner::Unknown => {
+            let age = age.filter(|a| *a > settings.dotlock_stale_empty)?;
+            Some(format!("no-pid age={}s", age.as_secs()))
+        }
     }
 }
 
-/// The pid written in a dotlock (decimal, optionally followed by white
-/// space or NULs), if it can be read from the very file `meta` describes.
-fn read_pid(lock_path: &Path, meta: &Metadata) -> Option<libc::pid_t> {
+/// What a dotlock says about who holds it.
+enum Owner {
+    Pid(libc::pid_t),
+    /// Empty, or not a pid.
+    Unknown,
+}
+
+/// What is written in a dotlock (a decimal pid, optionally followed by
+/// white space or NULs), if it can be read from the very file `meta`
+/// describes; `None` when it cannot be read.
+fn read_pid(lock_path: &Path, meta: &Metadata) -> Option<Owner> {
     let mut file =
         OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(lock_path).ok()?;
     let opened = file.metadata().ok()?;
@@ -425,7 +442,7 @@ fn read_pid(lock_path: &Path, meta: &Metadata) -> Option<libc::pid_t> {
             Err(_) => return None,
         }
     }
-    parse_pid(&buf[..len])
+    Some(parse_pid(&buf[..len]).map_or(Owner::Unknown, Owner::Pid))
 }
 
 fn parse_pid(bytes: &[u8]) -> Option<libc::pid_t> {
