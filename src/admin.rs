@@ -11,7 +11,13 @@ use crate::store::{journal, scan, Mailbox, Options, StoreError};
 
 /// Store options from the config.
 pub fn store_options(config: &Config) -> Options {
-    Options { format: config.mbox_format, lock: config.lock.clone(), hostname: config.hostname.clone(), fsync: true }
+    Options {
+        format: config.mbox_format,
+        lock: config.lock.clone(),
+        hostname: config.hostname.clone(),
+        fsync: true,
+        state_dir: Some(config.state_dir.clone()),
+    }
 }
 
 /// The user's mail root: INBOX file and folder directory.

@@ -6,7 +6,7 @@ mod support;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -253,4 +253,90 @@ fn issue8_4_an_empty_dotlock_is_stale_after_seconds() {
     fs::write(&lock, b"not a pid\n").unwrap();
     File::options().write(true).open(&lock).unwrap().set_modified(old).unwrap();
     assert!(deliver("garbage").status.success());
+}
+
+/// Finding 3: a mailbox whose file holds no base (an empty folder: every
+/// user's special-use folders start so) kept its UIDVALIDITY in memory
+/// only, and got a new one at every restart.
+#[test]
+fn issue8_3_an_empty_mailbox_keeps_its_uidvalidity_across_opens() {
+    let t = Tmp::new();
+    let mut o = opts();
+    o.state_dir = Some(t.path("state"));
+    let path = t.path("Drafts");
+    let (v_drafts, next) = {
+        let mb = Mailbox::open(&path, &o, true).unwrap();
+        (mb.uidvalidity(), mb.uidnext())
+    };
+    std::thread::sleep(Duration::from_millis(1100));
+    let mb = Mailbox::open(&path, &o, false).unwrap();
+    assert_eq!((mb.uidvalidity(), mb.uidnext()), (v_drafts, next), "reopened empty mailbox");
+    assert_eq!(fs::read(&path).unwrap(), b"", "nothing written into the empty file");
+    drop(mb);
+
+    // Emptied by a tool that truncated the file: UIDNEXT survives too.
+    let spool = t.path("spool");
+    let (v, next) = {
+        let mut mb = Mailbox::open(&spool, &o, true).unwrap();
+        for i in 0..3 {
+            mb.append(format!("Subject: {i}\n\n{i}\n").as_bytes(), Flags::empty(), &[], None, "s").unwrap();
+        }
+        fs::write(&spool, b"").unwrap();
+        mb.refresh().unwrap();
+        assert_eq!(mb.len(), 0);
+        (mb.uidvalidity(), mb.uidnext())
+    };
+    assert_eq!(next, 4);
+    let mut mb = Mailbox::open(&spool, &o, false).unwrap();
+    assert_eq!((mb.uidvalidity(), mb.uidnext()), (v, next), "after a restart");
+    // New mail continues the numbering; once the file has a base, the
+    // record goes.
+    let (uid, _) = mb.append(b"Subject: n\n\nn\n", Flags::empty(), &[], None, "s").unwrap();
+    assert_eq!(uid, 4);
+    drop(mb);
+    let rec = postroom::store::record::path_of(&t.path("state"), &fs::canonicalize(&spool).unwrap());
+    assert!(!rec.exists(), "record left although the file has its base");
+    let mb = Mailbox::open(&spool, &o, false).unwrap();
+    assert_eq!((mb.uidvalidity(), mb.uidnext()), (v, 5));
+    drop(mb);
+
+    // Another file at that path (a folder deleted and made again, while
+    // the old inode is still taken) is another mailbox.
+    let keep = fs::File::open(&path).unwrap();
+    fs::remove_file(&path).unwrap();
+    let mb = Mailbox::open(&path, &o, true).unwrap();
+    assert_ne!(fs::metadata(&path).unwrap().ino(), keep.metadata().unwrap().ino());
+    assert_ne!(mb.uidvalidity(), v_drafts);
+}
+
+/// Finding 3, as a user meets it: the special-use folders made at the
+/// first login, and an empty INBOX, keep UIDVALIDITY and UIDNEXT when the
+/// server restarts.
+#[test]
+fn issue8_3_special_use_folders_keep_uidvalidity_across_a_restart() {
+    use support::server::Server;
+    let t = Tmp::new();
+    let folders = ["INBOX", "Drafts", "Sent", "Trash", "Junk", "Archive"];
+    let status = |s: &Server| -> Vec<String> {
+        let mut c = s.imap("alice");
+        let out = folders
+            .iter()
+            .map(|f| {
+                let r = c.cmd(&format!("STATUS {f} (UIDVALIDITY UIDNEXT)"));
+                r.assert_ok();
+                r.lines().into_iter().find(|l| l.starts_with("* STATUS")).unwrap()
+            })
+            .collect();
+        c.cmd("LOGOUT");
+        out
+    };
+    let first = {
+        let s = Server::start(t.dir.path(), &["alice"], "");
+        status(&s)
+    };
+    std::thread::sleep(Duration::from_millis(1100));
+    let s = Server::start(t.dir.path(), &["alice"], "");
+    let second = status(&s);
+    assert_eq!(first, second);
+    assert!(first[1].contains("UIDVALIDITY") && first[1].contains("UIDNEXT 1"), "{first:?}");
 }

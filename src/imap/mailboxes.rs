@@ -233,6 +233,9 @@ impl Session<'_> {
         self.user().root.delete(&name)?;
         if let Some(c) = canonical {
             self.ctx.registry.forget(&c);
+            // A mailbox made again under this name is another mailbox, even
+            // if its file gets the same inode.
+            let _ = crate::store::record::remove(&crate::store::record::path_of(&self.config.state_dir, &c));
         }
         Ok("Delete completed.".into())
     }

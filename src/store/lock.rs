@@ -669,6 +669,7 @@ mod tests {
             order: order.to_vec(),
             timeout: Duration::from_millis(timeout_ms),
             dotlock_stale: Duration::from_secs(300),
+            dotlock_stale_empty: Duration::from_secs(10),
         }
     }
 

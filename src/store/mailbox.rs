@@ -28,6 +28,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use super::from_line;
 use super::journal::{self, Piece};
 use super::lock::{self, LockSettings, MboxLock};
+use super::record;
 use super::scan::{self, RawMessage};
 use super::state::{self, Base, Flags, StateHeader};
 use super::transform::{self, Served};
@@ -45,11 +46,20 @@ pub struct Options {
     pub hostname: String,
     /// fsync after writes (off only in benchmarks of the CPU cost).
     pub fsync: bool,
+    /// Where the identity of mailboxes whose file holds no base is kept
+    /// ([`record`]); `None`: nowhere (it lives in memory only).
+    pub state_dir: Option<PathBuf>,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { format: MboxFormat::Mboxrd, lock: LockSettings::default(), hostname: "localhost".into(), fsync: true }
+        Options {
+            format: MboxFormat::Mboxrd,
+            lock: LockSettings::default(),
+            hostname: "localhost".into(),
+            fsync: true,
+            state_dir: None,
+        }
     }
 }
 
@@ -162,6 +172,17 @@ pub struct Mailbox {
     first_unpersisted: Option<usize>,
     /// fcntl read locks are per open file: one per mailbox, counted.
     readers: Mutex<Option<(u32, MboxLock)>>,
+    /// The mailbox's record in `state-dir`, and what it says as far as we know.
+    record: Option<PathBuf>,
+    recorded: Recorded,
+}
+
+/// What the record in `state-dir` holds, as far as this index knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Recorded {
+    Unknown,
+    Absent,
+    Written(record::Ids),
 }
 
 /// Creates an empty mbox file at `path` if there is none (mode 0600, no
@@ -223,6 +244,11 @@ impl Mailbox {
             dirty_uids: BTreeSet::new(),
             first_unpersisted: None,
             readers: Mutex::new(None),
+            record: opts
+                .state_dir
+                .as_ref()
+                .map(|d| record::path_of(d, &std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf()))),
+            recorded: Recorded::Unknown,
         };
         if journal::journal_path(path).exists() {
             let _l = mb.lock_write()?;
@@ -309,12 +335,12 @@ impl Mailbox {
     /// `locked`: the caller holds the write lock (taking a read lock on
     /// the same open file would downgrade it).
     fn reload(&mut self, keep_previous: bool, locked: bool) -> Result<Vec<Event>, StoreError> {
-        let (raws, id) = {
+        let (raws, id, meta_now) = {
             let _r = if locked { None } else { Some(lock::lock_read(&self.file, &self.path, &self.opts.lock)?) };
             let meta = self.file.metadata().map_err(io_err(&self.path, "stat"))?;
             let id = FileId::of(&meta);
             let s = scan::scan(&self.file, 0, id.size, self.opts.format).map_err(|e| self.scan_error(e))?;
-            (s.messages, id)
+            (s.messages, id, meta)
         };
         let old = if keep_previous { Some(std::mem::take(&mut self.messages)) } else { None };
         let old_uidvalidity = self.uidvalidity;
@@ -324,7 +350,20 @@ impl Mailbox {
             uids: o.iter().map(|m| m.uid).collect(),
         });
         let replaced = id.ino != self.id.ino || id.dev != self.id.dev;
-        self.build(raws, Build::Whole(prev.as_ref()));
+        // A file with no base may have a record of what it was given.
+        let recorded = match (&prev, &self.record) {
+            (None, Some(rec)) => record::read(rec, &self.canonical(), &meta_now).map(|ids| Prev {
+                uidvalidity: ids.uidvalidity,
+                uidnext: ids.uidnext,
+                uids: Vec::new(),
+            }),
+            _ => None,
+        };
+        if let Some(r) = &recorded {
+            self.recorded = Recorded::Written(record::Ids { uidvalidity: r.uidvalidity, uidnext: r.uidnext });
+        }
+        self.build(raws, Build::Whole(prev.as_ref().or(recorded.as_ref())));
+        self.keep_record(&meta_now);
         self.id = id;
         let mut events = Vec::new();
         if let Some(old) = old {
@@ -400,6 +439,48 @@ impl Mailbox {
             }
         }
         Ok(None)
+    }
+
+    /// The mailbox's path as its record names it.
+    fn canonical(&self) -> PathBuf {
+        std::fs::canonicalize(&self.path).unwrap_or_else(|_| self.path.clone())
+    }
+
+    /// Keeps the record in `state-dir` in step: written while the file has
+    /// no base (UIDVALIDITY and UIDNEXT live nowhere else), removed once it
+    /// has one.
+    fn keep_record(&mut self, meta: &std::fs::Metadata) {
+        let Some(rec) = &self.record else { return };
+        if self.disk_base.is_some() {
+            if self.recorded != Recorded::Absent {
+                if let Err(e) = record::remove(rec) {
+                    log::warn!("store record-remove-failed path={} error=\"{e}\"", rec.display());
+                }
+                self.recorded = Recorded::Absent;
+            }
+            return;
+        }
+        let ids = record::Ids { uidvalidity: self.uidvalidity, uidnext: self.uidnext };
+        if self.recorded == Recorded::Written(ids) {
+            return;
+        }
+        match record::write(rec, &self.canonical(), meta, ids) {
+            Ok(()) => self.recorded = Recorded::Written(ids),
+            Err(e) => log::warn!(
+                "store record-write-failed path={} mailbox={} error=\"{e}\": UIDVALIDITY {} lives in memory only",
+                rec.display(),
+                self.path.display(),
+                self.uidvalidity
+            ),
+        }
+    }
+
+    fn keep_record_now(&mut self) {
+        if self.record.is_some() {
+            if let Ok(meta) = self.file.metadata() {
+                self.keep_record(&meta);
+            }
+        }
     }
 
     fn scan_error(&self, e: io::Error) -> StoreError {
@@ -661,6 +742,8 @@ impl Mailbox {
     }
 
     fn sync_after_refresh(&mut self) -> Result<Vec<Event>, StoreError> {
+        // UIDs given out in memory to mail in a file with no base yet.
+        self.keep_record_now();
         if self.first_unpersisted.is_some() || self.base_dirty() {
             match self.try_flush() {
                 Ok(ev) => return Ok(ev),
@@ -855,6 +938,7 @@ impl Mailbox {
         }
         let meta = self.file.metadata().map_err(io_err(&self.path, "stat"))?;
         self.id = FileId::of(&meta);
+        self.keep_record(&meta);
         Ok(events)
     }
 
@@ -1158,6 +1242,7 @@ with the data reset to initial values.\n\n",
         if self.base_dirty() {
             events.extend(self.write_back(&HashSet::new())?);
         }
+        self.keep_record_now();
         events.push(Event::Appended(vec![uid]));
         Ok((uid, events))
     }

@@ -37,6 +37,7 @@ pub mod folders;
 pub mod from_line;
 pub mod journal;
 pub mod mailbox;
+pub mod record;
 pub mod registry;
 pub mod scan;
 pub mod state;
