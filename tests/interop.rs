@@ -160,7 +160,7 @@ fn write_expect(mb: &Mailbox, dir: &Path) {
 #[test]
 fn mailbox_written_by_postroom_opens_in_dovecot_with_the_same_state() {
     if !Path::new("/usr/sbin/dovecot").exists() {
-        eprintln!("SKIP: Dovecot is not installed (apt-get install dovecot-imapd); .ci/run installs it");
+        support::cannot_run("Dovecot is not installed (apt-get install dovecot-imapd); .ci/run installs it");
         return;
     }
     let t = Tmp::new();
@@ -209,7 +209,7 @@ fn mailbox_written_by_postroom_opens_in_dovecot_with_the_same_state() {
         .expect("run python3");
     let code = out.status.code().unwrap_or(-1);
     if code == 77 {
-        eprintln!("SKIP: {}", String::from_utf8_lossy(&out.stdout));
+        support::cannot_run(&String::from_utf8_lossy(&out.stdout));
         return;
     }
     assert_eq!(

@@ -82,7 +82,7 @@ macro_rules! postfix_or_skip {
     ($extra:expr) => {
         match cannot_run() {
             Some(why) => {
-                eprintln!("SKIP: {why}");
+                support::cannot_run(&why);
                 return;
             }
             None => Postfix::start($extra),

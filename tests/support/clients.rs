@@ -38,7 +38,7 @@ pub fn installed(prog: &str) -> Option<PathBuf> {
 pub fn have(prog: &str) -> bool {
     let found = installed(prog).is_some();
     if !found {
-        println!("SKIP: {prog} not installed");
+        super::cannot_run(&format!("{prog} not installed"));
     }
     found
 }
