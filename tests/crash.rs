@@ -21,6 +21,12 @@ use postroom::store::Flags;
 use support::*;
 
 fn spawn_child(dir: &Path, seed: u64, crash_at: Option<&str>) -> Child {
+    spawn_child_with(dir, seed, crash_at, false)
+}
+
+/// With `full_disk`, every rewrite finds no room for its journal, so
+/// expunges take the in-place compaction.
+fn spawn_child_with(dir: &Path, seed: u64, crash_at: Option<&str>, full_disk: bool) -> Child {
     let mut cmd = Command::new(std::env::current_exe().unwrap());
     cmd.args(["--ignored", "--exact", "crash_child", "--nocapture", "--test-threads=1"])
         .env("POSTROOM_CRASH_DIR", dir)
@@ -29,6 +35,9 @@ fn spawn_child(dir: &Path, seed: u64, crash_at: Option<&str>) -> Child {
         .stderr(Stdio::null());
     if let Some(step) = crash_at {
         cmd.env("POSTROOM_TEST_CRASH_AT", step);
+    }
+    if full_disk {
+        cmd.env("POSTROOM_TEST_FULL_DISK", "1");
     }
     cmd.spawn().expect("spawn child")
 }
@@ -174,6 +183,10 @@ fn kill_at_every_step_while_the_mta_delivers() {
         "append-journal",
         "append-extended",
         "append-written",
+        "compact-planned",
+        "compact-step",
+        "compact-moved",
+        "compact-truncated",
     ];
     let recovery =
         [None, Some("rescue-saved"), Some("rescue-written"), Some("rescue-placed"), Some("rescue-truncated")];
@@ -190,7 +203,8 @@ fn kill_at_every_step_while_the_mta_delivers() {
                     ids.push(id);
                 }
             }
-            let mut child = spawn_child(t.dir.path(), seed * 31 + k as u64, Some(step));
+            let full_disk = step.starts_with("compact");
+            let mut child = spawn_child_with(t.dir.path(), seed * 31 + k as u64, Some(step), full_disk);
             let status = wait_timeout(&mut child, Duration::from_secs(60));
             for j in 0..2 {
                 let id = format!("mta-{step}-{seed}-{j}");
@@ -205,6 +219,10 @@ fn kill_at_every_step_while_the_mta_delivers() {
                 ids.push(id);
             }
             let context = format!("step {step} seed {seed} status {status:?}");
+            if full_disk {
+                use std::os::unix::process::ExitStatusExt;
+                assert_eq!(status.and_then(|s| s.signal()), Some(libc::SIGKILL), "{context}: not killed there");
+            }
             verify(t.dir.path(), &ids, &context);
         }
     }
@@ -267,11 +285,13 @@ fn crash_child() {
         log.sync_data().unwrap();
     };
     let mut mb = open(&dir.join("box"));
+    // With no room for journals, only expunges can work (in place).
+    let full_disk = std::env::var_os("POSTROOM_TEST_FULL_DISK").is_some();
     for round in 0..200 {
         if mb.is_empty() {
             break;
         }
-        match rng.below(4) {
+        match if full_disk { 0 } else { rng.below(4) } {
             0 | 1 => {
                 // Expunge one to three messages.
                 let mut uids = Vec::new();

@@ -159,7 +159,24 @@ impl Session<'_> {
             let flushed = match mb.try_flush() {
                 Ok(ev) => ev,
                 Err(StoreError::LockTimeout(_)) => Vec::new(),
-                Err(e) => return Err(e.into()),
+                Err(e) => {
+                    // \Seen cannot be written (a full disk): the messages are
+                    // served all the same, and stay unseen, as the file says.
+                    for u in std::mem::take(&mut seen_now) {
+                        if let Some(i) = mb.position(u) {
+                            if mb.pending(u) {
+                                let m = &mb.messages()[i];
+                                let (f, k) = (m.flags.without(Flags::SEEN), m.keywords);
+                                mb.set_flags(i, f, k);
+                            } else {
+                                seen_now.push(u);
+                            }
+                        }
+                    }
+                    let _ = mb.try_flush();
+                    log::warn!("{} imap seen-not-written {e}", self.sid);
+                    Vec::new()
+                }
             };
             if !seen_now.is_empty() {
                 sel.sub.publish_to_others(&mb, &[Event::Flags(seen_now.clone())]);

@@ -7,8 +7,6 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use log::debug;
-
 use super::command::{Flag, SearchKey, SequenceSet, StoreMode};
 use super::mailboxes::split_flags;
 use super::response::ImapError;
@@ -311,25 +309,28 @@ impl Session<'_> {
         let (f, kws) = split_flags(flags);
         let shared = Arc::clone(&sel.shared);
         let mut mb = shared.write();
+        let keywords_before = mb.keywords().len();
         let mut kwbits = 0u64;
         for k in &kws {
             match mb.keyword_bit(k) {
                 Some(b) => kwbits |= 1u64 << b,
                 None if !crate::store::state::is_keyword(k) => {
+                    mb.forget_keywords_from(keywords_before);
                     return Err(ImapError::bad(format!("Invalid keyword {}", super::session::printable(k))));
                 }
-                None => return Err(ImapError::No(Some("LIMIT"), "Too many keywords in this mailbox.".into())),
+                None => {
+                    mb.forget_keywords_from(keywords_before);
+                    return Err(ImapError::No(Some("LIMIT"), "Too many keywords in this mailbox.".into()));
+                }
             }
         }
-        let mut changed = Vec::new();
-        let mut out = Vec::new();
-        let mut missing = false;
-        for (seq, u) in &targets {
-            let Some(i) = mb.position(*u) else {
-                missing = true;
-                continue;
-            };
+        // (uid, flags and keywords before), to take a change back that
+        // cannot be written.
+        let mut changed: Vec<(u32, Flags, u64)> = Vec::new();
+        for (_, u) in &targets {
+            let Some(i) = mb.position(*u) else { continue };
             let m = &mb.messages()[i];
+            let (old_f, old_k) = (m.flags, m.keywords);
             let keep_recent = if m.flags.contains(Flags::RECENT) { Flags::RECENT } else { Flags::default() };
             let (nf, nk) = match mode {
                 StoreMode::Replace => (f.union(keep_recent), kwbits),
@@ -337,11 +338,52 @@ impl Session<'_> {
                 StoreMode::Remove => (m.flags.without(f), m.keywords & !kwbits),
             };
             if mb.set_flags(i, nf, nk) {
-                changed.push(*u);
+                changed.push((*u, old_f, old_k));
             }
-            if !silent {
-                let m = &mb.messages()[i];
-                let shown = sel.flags_of(&mb, m);
+        }
+        // Written before anyone hears of it. A full disk: what could not be
+        // written is taken back and the client told so (RFC 9208 OVERQUOTA
+        // is the code for "no room"). Another program holding the lock: it
+        // is written when the lock is free.
+        let flushed = match mb.try_flush() {
+            Ok(ev) => ev,
+            Err(StoreError::LockTimeout(_)) => Vec::new(),
+            Err(e) => {
+                let mut taken_back = 0;
+                for &(u, old_f, old_k) in &changed {
+                    if let Some(i) = mb.position(u) {
+                        if mb.pending(u) {
+                            mb.set_flags(i, old_f, old_k);
+                            taken_back += 1;
+                        }
+                    }
+                }
+                mb.forget_keywords_from(keywords_before);
+                // The old values are what the file has: nothing to write.
+                let _ = mb.try_flush();
+                log::warn!("{} imap store-failed changes={} taken-back={taken_back} {e}", self.sid, changed.len());
+                return Err(match e {
+                    StoreError::NoSpace => ImapError::No(
+                        Some("OVERQUOTA"),
+                        "The disk is full: the flags were not changed. Expunge or delete some mail.".into(),
+                    ),
+                    e => e.into(),
+                });
+            }
+        };
+        let uids: Vec<u32> = changed.iter().map(|c| c.0).collect();
+        if !uids.is_empty() {
+            sel.sub.publish_to_others(&mb, &[Event::Flags(uids)]);
+        }
+        mb.publish(&flushed);
+        // The responses are made under the lock and sent after it.
+        let mut out = Vec::new();
+        // A new keyword: FLAGS first, then the FETCH responses that use it.
+        sel.report_keywords(&mb, &mut out)?;
+        if !silent {
+            for (seq, u) in &targets {
+                let Some(i) = mb.position(*u) else { continue };
+                let shown = sel.flags_of(&mb, &mb.messages()[i]);
                 if uid {
                     write!(out, "* {seq} FETCH (UID {u} FLAGS ({shown}))\r\n")?;
                 } else {
@@ -349,26 +391,11 @@ impl Session<'_> {
                 }
             }
         }
-        // A new keyword: FLAGS first, then the FETCH responses that use it.
-        sel.report_keywords(&mb, &mut self.conn)?;
-        self.conn.write_all(&out)?;
-        let flushed = match mb.try_flush() {
-            Ok(ev) => ev,
-            Err(StoreError::LockTimeout(_)) => Vec::new(),
-            Err(e) => {
-                debug!("{} imap flush-failed {e}", self.sid);
-                Vec::new()
-            }
-        };
-        if !changed.is_empty() {
-            sel.sub.publish_to_others(&mb, &[Event::Flags(changed)]);
-        }
-        mb.publish(&flushed);
         drop(mb);
+        self.conn.write_all(&out)?;
         // Messages expunged by another session meanwhile keep no flags:
         // nothing to do for them, and nothing to complain about (RFC 3501
         // §7.4.1 leaves it open; other servers answer OK).
-        let _ = missing;
         Ok("Store completed.".into())
     }
 

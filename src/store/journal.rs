@@ -99,6 +99,10 @@ fn crash_point(step: &str) {
 /// Replaces `[p, old_len)` of `file` with `pieces` (whose `Old` offsets are
 /// at or after `p`). The caller holds the write locks. Returns the new length.
 pub fn rewrite_tail(file: &File, mbox: &Path, p: u64, old_len: u64, pieces: &[Piece], sync: bool) -> io::Result<u64> {
+    if std::env::var_os("POSTROOM_TEST_FULL_DISK").is_some() {
+        // Test hook: the crash tests take the full-disk path (compaction).
+        return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+    }
     let new_len = p + pieces.iter().map(Piece::len).sum::<u64>();
     let jpath = journal_path(mbox);
     let journal = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&jpath)?;
@@ -250,6 +254,189 @@ struct Rescue {
     placed: bool,
 }
 
+/// Journals of an in-place compaction (see [`compact`]).
+const MAGIC_COMPACT: &[u8; 16] = b"postroom-jrnl-c\n";
+const COMPACT_PHASE_AT: usize = 56;
+/// Where a compaction's progress (the output bytes in place) is kept.
+const COMPACT_PROGRESS_AT: u64 = HEADER as u64;
+const COMPACT_TABLE_AT: u64 = HEADER as u64 + 8;
+/// Bytes moved at a time by a compaction, at most.
+const COMPACT_CHUNK: u64 = 4 << 20;
+
+/// A compaction: the ranges of the old file that make the new tail at `p`.
+struct Plan {
+    p: u64,
+    old_len: u64,
+    new_len: u64,
+    /// (source offset, length), in order.
+    ranges: Vec<(u64, u64)>,
+    table_end: u64,
+}
+
+fn compact_sum(p: u64, old_len: u64, new_len: u64, n: u64) -> u64 {
+    p.rotate_left(7) ^ old_len.rotate_left(19) ^ new_len.rotate_left(37) ^ n.rotate_left(51) ^ 0x5851_f42d_4c95_7f2d
+}
+
+fn parse_compact(journal: &File, h: &[u8; HEADER], jlen: u64) -> io::Result<Option<Plan>> {
+    let f = |i: usize| u64::from_le_bytes(h[i..i + 8].try_into().unwrap_or_default());
+    let (p, old_len, new_len, n, sum) = (f(16), f(24), f(32), f(40), f(48));
+    let table_end = COMPACT_TABLE_AT.saturating_add(n.saturating_mul(16));
+    if sum != compact_sum(p, old_len, new_len, n) || table_end > jlen {
+        return Ok(None);
+    }
+    let mut table = vec![0u8; (n * 16) as usize];
+    journal.read_exact_at(&mut table, COMPACT_TABLE_AT)?;
+    let ranges: Vec<(u64, u64)> = table
+        .chunks_exact(16)
+        .map(|c| {
+            let a = u64::from_le_bytes(c[..8].try_into().unwrap_or_default());
+            let b = u64::from_le_bytes(c[8..].try_into().unwrap_or_default());
+            (a, b)
+        })
+        .collect();
+    if !plan_is_forward(p, old_len, new_len, &ranges) {
+        return Ok(None);
+    }
+    Ok(Some(Plan { p, old_len, new_len, ranges, table_end }))
+}
+
+/// Every range goes to where it lies or before it, in order, within the
+/// file: what a compaction can do without saving a byte elsewhere.
+fn plan_is_forward(p: u64, old_len: u64, new_len: u64, ranges: &[(u64, u64)]) -> bool {
+    let mut dest = p;
+    let mut last_src_end = p;
+    for &(src, len) in ranges {
+        if src < dest || src < last_src_end || src.saturating_add(len) > old_len {
+            return false;
+        }
+        dest += len;
+        last_src_end = src + len;
+    }
+    dest == new_len && new_len < old_len
+}
+
+/// How many steps [`compact`] takes for these ranges: each step moves at
+/// most as many bytes as lie between where they are and where they go, so
+/// that no byte is overwritten before it has been copied.
+pub fn compaction_steps(p: u64, ranges: &[(u64, u64)]) -> u64 {
+    let mut dest = p;
+    let mut steps = 0;
+    for &(src, len) in ranges {
+        let gap = src - dest;
+        if gap > 0 {
+            steps += len.div_ceil(gap.min(COMPACT_CHUNK));
+        }
+        dest += len;
+    }
+    steps
+}
+
+/// Moves the ranges of a plan into place, from the progress the journal
+/// records on. Each step copies at most the gap between a range and its
+/// destination, so its source is never overwritten before it was copied
+/// and a step cut short by a crash can be done again; the progress is
+/// recorded after each step (and synced with the data when `sync`).
+fn move_ranges(file: &File, journal: &File, plan: &Plan, sync: bool) -> io::Result<()> {
+    let mut done = [0u8; 8];
+    journal.read_exact_at(&mut done, COMPACT_PROGRESS_AT)?;
+    let done = u64::from_le_bytes(done).min(plan.new_len - plan.p);
+    let mut dest = plan.p;
+    let mut buf = Vec::new();
+    for &(src, len) in &plan.ranges {
+        let gap = src - dest;
+        let mut off = 0;
+        while off < len {
+            if dest + off < plan.p + done || gap == 0 {
+                // Already in place.
+                let skip = if gap == 0 { len - off } else { (plan.p + done - (dest + off)).min(len - off) };
+                off += skip;
+                continue;
+            }
+            let n = (len - off).min(gap.min(COMPACT_CHUNK));
+            buf.resize(n as usize, 0);
+            file.read_exact_at(&mut buf, src + off)?;
+            file.write_all_at(&buf, dest + off)?;
+            if sync {
+                file.sync_data()?;
+            }
+            crash_point("compact-step");
+            off += n;
+            journal.write_all_at(&(dest + off - plan.p).to_le_bytes(), COMPACT_PROGRESS_AT)?;
+            if sync {
+                journal.sync_data()?;
+            }
+        }
+        dest += len;
+    }
+    Ok(())
+}
+
+/// Removes what lies between `ranges` of `[p, old_len)`, moving each range
+/// forward in place, with a journal that holds only the plan: what a full
+/// disk allows, where the copy of the old tail that [`rewrite_tail`] keeps
+/// cannot be made. Every range must go to its own place or before it
+/// ([`compaction_steps`] says how long that takes). A crash is recovered
+/// by finishing the move. The caller holds the write locks. Returns the
+/// new length.
+pub fn compact(file: &File, mbox: &Path, p: u64, old_len: u64, ranges: &[(u64, u64)], sync: bool) -> io::Result<u64> {
+    let new_len = p + ranges.iter().map(|r| r.1).sum::<u64>();
+    if !plan_is_forward(p, old_len, new_len, ranges) {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a forward compaction"));
+    }
+    let jpath = journal_path(mbox);
+    let journal = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&jpath)?;
+    let result = (|| {
+        let n = ranges.len() as u64;
+        let mut plan = Vec::with_capacity(COMPACT_TABLE_AT as usize + ranges.len() * 16);
+        plan.extend_from_slice(MAGIC_COMPACT);
+        for v in [p, old_len, new_len, n, compact_sum(p, old_len, new_len, n), 0, 0] {
+            plan.extend_from_slice(&v.to_le_bytes());
+        }
+        for &(src, len) in ranges {
+            plan.extend_from_slice(&src.to_le_bytes());
+            plan.extend_from_slice(&len.to_le_bytes());
+        }
+        journal.write_all_at(&plan, 0)?;
+        if sync {
+            journal.sync_data()?;
+        }
+        crash_point("compact-planned");
+        let parsed = Plan { p, old_len, new_len, ranges: ranges.to_vec(), table_end: plan.len() as u64 };
+        move_ranges(file, &journal, &parsed, sync)?;
+        file.write_all_at(b"X", new_len)?;
+        if sync {
+            file.sync_data()?;
+        }
+        journal.write_all_at(&[1], COMPACT_PHASE_AT as u64)?;
+        if sync {
+            journal.sync_data()?;
+        }
+        crash_point("compact-moved");
+        file.set_len(new_len)?;
+        if sync {
+            file.sync_all()?;
+        }
+        crash_point("compact-truncated");
+        Ok(new_len)
+    })();
+    drop(journal);
+    match result {
+        Ok(n) => {
+            fs::remove_file(&jpath)?;
+            Ok(n)
+        }
+        Err(e) => {
+            // Once the plan is on disk the move only goes forward: leave it
+            // to recovery (the next open, under the locks) if it cannot be
+            // finished now.
+            if recover(file, mbox).is_ok() {
+                let _ = fs::remove_file(&jpath);
+            }
+            Err(e)
+        }
+    }
+}
+
 fn rescue_sum(src_end: u64, len: u64) -> u64 {
     src_end.rotate_left(17) ^ len.rotate_left(43) ^ 0x2545_f491_4f6c_dd1d
 }
@@ -288,20 +475,50 @@ pub fn recover(file: &File, mbox: &Path) -> io::Result<Recovery> {
     } else {
         None
     };
-    let Some((p, old_len, new_len)) = parsed.filter(|(p, old_len, _)| jlen >= HEADER as u64 + (old_len - p)) else {
-        drop(journal);
-        fs::remove_file(&jpath)?;
-        return Ok(Recovery::Discarded);
+    let compaction = if jlen >= HEADER as u64 && &h[..16] == MAGIC_COMPACT {
+        match parse_compact(&journal, &h, jlen)? {
+            Some(plan) => Some(plan),
+            None => {
+                // The plan never reached the disk whole: nothing was moved.
+                drop(journal);
+                fs::remove_file(&jpath)?;
+                return Ok(Recovery::Discarded);
+            }
+        }
+    } else {
+        None
     };
-    let data_end = HEADER as u64 + (old_len - p);
-    let mut mark = [0u8; 8];
-    let committed = jlen >= data_end + 8 && {
-        journal.read_exact_at(&mut mark, data_end)?;
-        &mark == COMMIT
+    let (p, old_len, new_len, committed, rescues_at) = match &compaction {
+        Some(plan) => {
+            // A compaction only ever goes forward: finish the move.
+            if h[COMPACT_PHASE_AT] == 0 {
+                move_ranges(file, &journal, plan, true)?;
+                file.write_all_at(b"X", plan.new_len)?;
+                file.sync_data()?;
+                journal.write_all_at(&[1], COMPACT_PHASE_AT as u64)?;
+                journal.sync_data()?;
+            }
+            (plan.p, plan.old_len, plan.new_len, true, plan.table_end + 8)
+        }
+        None => {
+            let Some((p, old_len, new_len)) = parsed.filter(|(p, old_len, _)| jlen >= HEADER as u64 + (old_len - p))
+            else {
+                drop(journal);
+                fs::remove_file(&jpath)?;
+                return Ok(Recovery::Discarded);
+            };
+            let data_end = HEADER as u64 + (old_len - p);
+            let mut mark = [0u8; 8];
+            let committed = jlen >= data_end + 8 && {
+                journal.read_exact_at(&mut mark, data_end)?;
+                &mark == COMMIT
+            };
+            (p, old_len, new_len, committed, data_end + 8)
+        }
     };
+    let data_end = rescues_at - 8;
     // Where the mailbox of our own making ends, and what must be there.
     let (base_len, what) = if committed { (new_len, Recovery::RolledForward) } else { (old_len, Recovery::RolledBack) };
-    let rescues_at = data_end + 8;
     let cur = file.metadata()?.len();
     // Foreign bytes already saved, and where the unsaved ones begin.
     let rescue = last_rescue(&journal, rescues_at, jlen)?;

@@ -330,7 +330,16 @@ fn dotlock_create(lock_path: &Path) -> Result<Option<Held>, StoreError> {
         Err(e) => return Err(StoreError::io(format!("creating dotlock {}", lock_path.display()), e)),
     };
     if let Err(e) = file.write_all(format!("{}\n", std::process::id()).as_bytes()) {
-        // A lock file we cannot fill (disk full) must not stay behind.
+        if matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT)) {
+            // A full disk has room for an empty file but not for its pid:
+            // held empty, it is still ours (released by inode), and an
+            // expunge that frees the disk can go on. Others judge it by
+            // `dotlock-stale-empty`, and the fcntl lock still keeps them out.
+            warn!("lock dotlock-without-pid path={} reason=no-space", lock_path.display());
+            let _ = file.set_len(0);
+            return Ok(Some(Held::Dotlock { path: lock_path.to_path_buf(), file }));
+        }
+        // A lock file we cannot fill must not stay behind.
         if same_file(lock_path, &file) {
             let _ = fs::remove_file(lock_path);
         }

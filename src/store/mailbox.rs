@@ -34,6 +34,11 @@ use super::state::{self, Base, Flags, StateHeader};
 use super::transform::{self, Served};
 use super::{MboxFormat, StoreError};
 
+/// A compaction on a full disk ([`journal::compact`]) takes at most this
+/// many steps (each moves at most the room freed before it, up to 4 MiB,
+/// and is synced): a few minutes at worst.
+const MAX_COMPACTION_STEPS: u64 = 20_000;
+
 /// At most this many keywords per mailbox (a bit each in [`Message::keywords`]).
 pub const MAX_KEYWORDS: usize = 64;
 
@@ -912,19 +917,29 @@ impl Mailbox {
                 }
             }
         }
-        // 2. In-place writes: each the same length as what it replaces, line
+        // What the rewrite covers needs no in-place write.
+        let cut = start.and_then(|s| self.messages.get(s)).map_or(u64::MAX, |m| m.from_off);
+        in_place.retain(|(off, _)| *off < cut);
+        let mut events = Vec::new();
+        // 2. The tail rewrite, first: if it cannot be written (a full disk),
+        // nothing at all has changed on disk, and the caller can say so.
+        if let Some(s) = start {
+            match self.rewrite_from(s, expunge) {
+                Ok(ev) => events = ev,
+                Err(StoreError::NoSpace) if expunge.iter().any(|&u| self.position(u).is_some()) => {
+                    // An expunge frees space: done in place, with no copy.
+                    return self.compact_from(s, expunge, &in_place);
+                }
+                Err(StoreError::NoSpace) => return self.write_in_place_only(&in_place),
+                Err(e) => return Err(e),
+            }
+        }
+        // 3. In-place writes: each the same length as what it replaces, line
         // by line, so a torn write never moves a line break.
         for (off, bytes) in &in_place {
-            if start.is_some_and(|s| self.messages.get(s).is_some_and(|m| *off >= m.from_off)) {
-                continue; // the rewrite below covers it
-            }
             self.file.write_all_at(bytes, *off).map_err(io_err(&self.path, "write"))?;
         }
-        let mut events = Vec::new();
-        // 3. The tail rewrite.
-        if let Some(s) = start {
-            events = self.rewrite_from(s, expunge)?;
-        } else if !in_place.is_empty() && sync {
+        if !in_place.is_empty() && sync {
             self.file.sync_data().map_err(io_err(&self.path, "fsync"))?;
         }
         for uid in std::mem::take(&mut self.dirty_uids) {
@@ -940,6 +955,227 @@ impl Mailbox {
         self.id = FileId::of(&meta);
         self.keep_record(&meta);
         Ok(events)
+    }
+
+    /// On a full disk, when what needed a rewrite cannot be written: what
+    /// fits in place is written, the rest stays in memory to be written
+    /// when there is room. `NoSpace` if a flag change is among the rest
+    /// (the caller may take it back: see [`Mailbox::pending`]); a base or
+    /// new UIDs that wait are only logged (the base is kept in the
+    /// state-dir record meanwhile when the file has none).
+    fn write_in_place_only(&mut self, in_place: &[(u64, Vec<u8>)]) -> Result<Vec<Event>, StoreError> {
+        for (off, bytes) in in_place {
+            self.file.write_all_at(bytes, *off).map_err(io_err(&self.path, "write"))?;
+            if let Some(i) = self.messages.iter().position(|m| m.state.is_some_and(|(o, _)| o == *off)) {
+                let uid = self.messages[i].uid;
+                self.messages[i].dirty = false;
+                self.dirty_uids.remove(&uid);
+            }
+        }
+        if self.opts.fsync && !in_place.is_empty() {
+            self.file.sync_data().map_err(io_err(&self.path, "fsync"))?;
+        }
+        let meta = self.file.metadata().map_err(io_err(&self.path, "stat"))?;
+        self.id = FileId::of(&meta);
+        self.keep_record(&meta);
+        log::warn!(
+            "store no-space path={} pending-flags={} pending-uids={} base-pending={}: kept in memory, written when there is room",
+            self.path.display(),
+            self.dirty_uids.len(),
+            self.first_unpersisted.map_or(0, |i| self.messages.len() - i),
+            self.base_dirty()
+        );
+        if self.dirty_uids.is_empty() {
+            Ok(Vec::new())
+        } else {
+            Err(StoreError::NoSpace)
+        }
+    }
+
+    /// True when the flags of message `uid` changed in memory and are not
+    /// written yet.
+    pub fn pending(&self, uid: u32) -> bool {
+        self.dirty_uids.contains(&uid)
+    }
+
+    /// Forgets keywords from index `n` of the list on, if no message has
+    /// them (a change that added them was taken back).
+    pub fn forget_keywords_from(&mut self, n: usize) {
+        if n >= self.keywords.len() || n >= MAX_KEYWORDS {
+            return;
+        }
+        let mask = !((1u64 << n) - 1);
+        if self.messages.iter().all(|m| m.keywords & mask == 0) {
+            self.keywords.truncate(n);
+        }
+    }
+
+    /// On a full disk, where the journal of a rewrite cannot be written:
+    /// removes `expunge` from message `s` on by moving the messages kept
+    /// forward in place ([`journal::compact`]), their bytes (state lines
+    /// included) as they were. Flag changes that fit are written in place
+    /// afterwards; the others, and UIDs not written yet, wait in memory for
+    /// a later write, when there is room. A base that was on a message
+    /// removed is kept in the state-dir record until then.
+    fn compact_from(
+        &mut self,
+        s: usize,
+        expunge: &HashSet<u32>,
+        in_place: &[(u64, Vec<u8>)],
+    ) -> Result<Vec<Event>, StoreError> {
+        let old_len = self.file.metadata().map_err(io_err(&self.path, "stat"))?.len();
+        let n = self.messages.len();
+        let Some(first) = (s..n).find(|&i| expunge.contains(&self.messages[i].uid)) else {
+            return Err(StoreError::NoSpace);
+        };
+        let p = self.messages[first].from_off;
+        let mut ranges: Vec<(u64, u64)> = Vec::new();
+        let mut kept = Vec::new();
+        let mut gone = Vec::new();
+        for i in first..n {
+            let m = &self.messages[i];
+            if expunge.contains(&m.uid) {
+                gone.push(m.uid);
+                continue;
+            }
+            let end = self.messages.get(i + 1).map_or(old_len, |x| x.from_off);
+            match ranges.last_mut() {
+                Some((src, len)) if *src + *len == m.from_off => *len += end - m.from_off,
+                _ => ranges.push((m.from_off, end - m.from_off)),
+            }
+            kept.push(i);
+        }
+        // Each step moves at most the room the removed messages leave
+        // before it: tiny ones in front of a large mailbox would take ages.
+        let steps = journal::compaction_steps(p, &ranges);
+        if steps > MAX_COMPACTION_STEPS {
+            log::warn!(
+                "store no-space path={} expunge=refused steps={steps}: the messages to remove are too small to make room",
+                self.path.display()
+            );
+            return Err(StoreError::NoSpace);
+        }
+        let mut result = journal::compact(&self.file, &self.path, p, old_len, &ranges, self.opts.fsync);
+        if result.as_ref().is_err_and(|e| matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))) {
+            // Not even room for the plan: give the disk back the pages of
+            // the bodies being removed (their bytes are not needed any more;
+            // a crash before they are gone leaves them zeroed, still marked
+            // \Deleted) and try again.
+            let punched = self.punch(first, expunge);
+            log::warn!("store no-space path={} punched={punched} for=compaction-plan", self.path.display());
+            result = journal::compact(&self.file, &self.path, p, old_len, &ranges, self.opts.fsync);
+        }
+        let new_len = result.map_err(io_err(&self.path, "compact"))?;
+        log::warn!(
+            "store no-space path={} expunged={} freed={} how=compacted-in-place",
+            self.path.display(),
+            gone.len(),
+            old_len - new_len
+        );
+        // The same bytes, further forward: index them where they are now.
+        let scanned = scan::scan(&self.file, p, new_len, self.opts.format).map_err(|e| self.scan_error(e))?;
+        let raws: Vec<RawMessage> = scanned.messages.into_iter().filter(|r| !r.pseudo).collect();
+        if raws.len() != kept.len() {
+            log::error!("store verify path={} kept={} found={}", self.path.display(), kept.len(), raws.len());
+            return Err(StoreError::Changed(self.path.clone()));
+        }
+        let base_lost = self.pseudo.is_none() && first == 0;
+        let mut moved = Vec::with_capacity(kept.len());
+        for (&i, r) in kept.iter().zip(raws) {
+            let want = &self.messages[i];
+            if r.size() != want.size || (want.persisted && r.uid != want.uid) {
+                log::error!("store verify path={} uid={} after=compaction", self.path.display(), want.uid);
+                return Err(StoreError::Changed(self.path.clone()));
+            }
+            moved.push(Message {
+                from_off: r.from_off,
+                hdr_off: r.hdr_off,
+                body_off: r.body_off,
+                end: r.end,
+                state: r.state,
+                has_state: r.has_state,
+                raw_body: r.raw_body,
+                hdr_size: r.hdr_size,
+                ..want.clone()
+            });
+        }
+        self.messages.truncate(first);
+        self.messages.extend(moved);
+        for u in &gone {
+            self.dirty_uids.remove(u);
+        }
+        if base_lost {
+            self.disk_base = None;
+        }
+        // What fits in place now: the writes that were due before the
+        // compaction, and the flags of messages it moved.
+        let mut writes: Vec<(u64, Vec<u8>)> = in_place.to_vec();
+        for uid in self.dirty_uids.clone() {
+            let Some(i) = self.position(uid) else { continue };
+            if i < first {
+                continue;
+            }
+            let m = &self.messages[i];
+            let carries_base = self.pseudo.is_none() && i == 0 && self.disk_base.is_some();
+            let base = self.base();
+            let kws = self.keyword_names(m.keywords);
+            let fit = m.state.and_then(|(off, len)| {
+                self.fit_existing(off, len, carries_base.then_some(&base), false, m.uid, m.flags, &kws)
+                    .map(|w| (off, w))
+            });
+            if let Some(w) = fit {
+                writes.push(w);
+                self.messages[i].dirty = false;
+                self.dirty_uids.remove(&uid);
+            }
+        }
+        for (off, bytes) in &writes {
+            self.file.write_all_at(bytes, *off).map_err(io_err(&self.path, "write"))?;
+        }
+        for (off, _) in in_place {
+            if let Some(i) = self.messages.iter().position(|m| m.state.is_some_and(|(o, _)| o == *off)) {
+                let uid = self.messages[i].uid;
+                self.messages[i].dirty = false;
+                self.dirty_uids.remove(&uid);
+            }
+        }
+        if self.opts.fsync && !writes.is_empty() {
+            self.file.sync_data().map_err(io_err(&self.path, "fsync"))?;
+        }
+        self.first_unpersisted = (0..self.messages.len()).find(|&i| !self.messages[i].persisted);
+        let meta = self.file.metadata().map_err(io_err(&self.path, "stat"))?;
+        self.id = FileId::of(&meta);
+        self.keep_record(&meta);
+        Ok(if gone.is_empty() { Vec::new() } else { vec![Event::Expunged(gone)] })
+    }
+
+    /// Frees the whole pages inside the bodies of the messages of `expunge`
+    /// from index `from` on, keeping the file's length and every offset.
+    /// Returns the bytes given back.
+    fn punch(&self, from: usize, expunge: &HashSet<u32>) -> u64 {
+        use std::os::fd::AsRawFd;
+        const PAGE: u64 = 4096;
+        let mut freed = 0;
+        for m in self.messages[from..].iter().filter(|m| expunge.contains(&m.uid)) {
+            let start = m.body_off.div_ceil(PAGE) * PAGE;
+            let end = m.end / PAGE * PAGE;
+            if end <= start {
+                continue;
+            }
+            // SAFETY: fallocate(2) on our descriptor, within the file.
+            let rc = unsafe {
+                libc::fallocate(
+                    self.file.as_raw_fd(),
+                    libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                    start as libc::off_t,
+                    (end - start) as libc::off_t,
+                )
+            };
+            if rc == 0 {
+                freed += end - start;
+            }
+        }
+        freed
     }
 
     /// Renders a state block that replaces the one at `off` exactly, line
