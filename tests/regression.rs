@@ -340,3 +340,70 @@ fn issue8_3_special_use_folders_keep_uidvalidity_across_a_restart() {
     assert_eq!(first, second);
     assert!(first[1].contains("UIDVALIDITY") && first[1].contains("UIDNEXT 1"), "{first:?}");
 }
+
+/// Finding 11: after a damaged spool was put right on disk, the server
+/// kept refusing it until it was restarted.
+#[test]
+fn issue8_11_a_damaged_spool_put_right_is_served_again() {
+    use support::server::Server;
+    let t = Tmp::new();
+    fs::create_dir_all(t.path("spool")).unwrap();
+    {
+        let mut mb = open(&t.path("spool/alice"));
+        mb.append(&message_for("one"), Flags::empty(), &[], None, "s").unwrap();
+    }
+    let s = Server::start(t.dir.path(), &["alice"], "");
+    let good = fs::read(s.spool("alice")).unwrap();
+    let mut c = s.imap("alice");
+    c.cmd("SELECT INBOX").assert_ok();
+    c.cmd("LOGOUT");
+    let mut bad = b"garbage that is not an mbox\n".to_vec();
+    bad.extend_from_slice(&good);
+    fs::write(s.spool("alice"), &bad).unwrap();
+    let mut c = s.imap("alice");
+    let r = c.cmd("SELECT INBOX");
+    assert!(r.status.starts_with("NO [CORRUPTION]"), "{r:?}");
+    c.cmd("LOGOUT");
+    // POP3 clients are told to try again later (SYS/TEMP), not to give up.
+    let mut p = support::server::Pop3::connect(s.pop3);
+    p.cmd("USER alice");
+    let r = p.cmd("PASS secret-alice");
+    assert!(r.starts_with("-ERR [SYS/TEMP] The mailbox file is damaged"), "{r}");
+    fs::write(s.spool("alice"), &good).unwrap();
+    let mut c = s.imap("alice");
+    let r = c.cmd("SELECT INBOX");
+    assert!(r.ok(), "{r:?}\n{}", s.log_text());
+    let r = c.cmd("FETCH 1 BODY.PEEK[]");
+    assert!(r.untagged.windows(10).any(|w| w == b"test one\r\n"), "{r:?}");
+    // POP3 too.
+    let mut p = support::server::Pop3::login(s.pop3, "alice");
+    assert!(p.cmd("STAT").starts_with("+OK 1 "));
+}
+
+/// Finding 11: a STORE in a session whose selected mailbox another session
+/// had just renamed answered OK, and the change was lost.
+#[test]
+fn issue8_11_store_after_another_session_renamed_the_mailbox_is_kept() {
+    use support::server::Server;
+    let t = Tmp::new();
+    let s = Server::start(t.dir.path(), &["alice"], "");
+    let mut a = s.imap("alice");
+    a.cmd("CREATE Projects").assert_ok();
+    a.append("Projects", "", &message_for("p1")).assert_ok();
+    a.cmd("SELECT Projects").assert_ok();
+    let mut b = s.imap("alice");
+    b.cmd("RENAME Projects Old/Projects-2026").assert_ok();
+    let r = a.cmd("STORE 1 +FLAGS (\\Flagged $Important)");
+    r.assert_ok();
+    a.cmd("LOGOUT");
+    let r = b.cmd("SELECT Old/Projects-2026");
+    r.assert_ok();
+    let r = b.cmd("FETCH 1 (FLAGS BODY.PEEK[])");
+    let text = r.text();
+    assert!(text.contains("\\Flagged") && text.contains("$Important"), "{text}");
+    b.cmd("LOGOUT");
+    drop(s);
+    let mb = open(&t.path("mail/alice/Old/Projects-2026"));
+    assert!(mb.messages()[0].flags.contains(Flags::FLAGGED), "on disk");
+    assert_eq!(mb.message_bytes(0).unwrap(), message_for("p1"));
+}

@@ -225,7 +225,7 @@ impl Session<'_> {
         }
         let path = self.user().path_of(&name)?;
         if let State::Selected(_, sel) = &self.state {
-            if std::fs::canonicalize(&path).ok().as_deref() == Some(sel.shared.path()) {
+            if std::fs::canonicalize(&path).ok() == Some(sel.shared.path()) {
                 self.close_mailbox();
             }
         }
@@ -251,8 +251,8 @@ impl Session<'_> {
         }
         let canonical = std::fs::canonicalize(self.user().path_of(&from)?).ok();
         self.user().root.rename(&from, &to)?;
-        if let Some(c) = canonical {
-            self.ctx.registry.forget(&c);
+        if let (Some(c), Ok(n)) = (canonical, std::fs::canonicalize(self.user().path_of(&to)?)) {
+            self.ctx.registry.renamed(&c, &n);
         }
         // Subscriptions follow the mailbox and what is below it.
         let prefix = format!("{from}/");

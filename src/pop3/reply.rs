@@ -87,6 +87,11 @@ impl Pop3Error {
             Pop3Error::NoTls(t) => format!("-ERR {t}"),
             Pop3Error::Vanished(n) => format!("-ERR [SYS/TEMP] Message {n} was removed by another client."),
             Pop3Error::Temporary(_) => "-ERR [SYS/TEMP] Temporary failure; see server log. Try again later.".into(),
+            // RFC 3206 SYS/TEMP: once the file is repaired, the same login
+            // works, so clients should try again rather than give up.
+            Pop3Error::Store(StoreError::Corrupt(..)) => {
+                "-ERR [SYS/TEMP] The mailbox file is damaged; try again once it is repaired.".into()
+            }
             Pop3Error::Store(_) => "-ERR [SYS/PERM] Internal error; see server log.".into(),
             Pop3Error::Cutoff(Cutoff::Idle) => "-ERR Disconnected for inactivity.".into(),
             Pop3Error::Cutoff(Cutoff::Login) => "-ERR Disconnected: no login in time.".into(),

@@ -180,6 +180,8 @@ pub struct Mailbox {
     /// The mailbox's record in `state-dir`, and what it says as far as we know.
     record: Option<PathBuf>,
     recorded: Recorded,
+    /// The next write rewrites the whole file (a repair).
+    rewrite_all: bool,
 }
 
 /// What the record in `state-dir` holds, as far as this index knows.
@@ -254,6 +256,7 @@ impl Mailbox {
                 .as_ref()
                 .map(|d| record::path_of(d, &std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf()))),
             recorded: Recorded::Unknown,
+            rewrite_all: false,
         };
         if journal::journal_path(path).exists() {
             let _l = mb.lock_write()?;
@@ -444,6 +447,16 @@ impl Mailbox {
             }
         }
         Ok(None)
+    }
+
+    /// The file was renamed (by us, under the registry): it is the same
+    /// mailbox, at `path` now.
+    pub fn moved_to(&mut self, path: &Path) {
+        self.path = path.to_path_buf();
+        if let Some(dir) = &self.opts.state_dir {
+            self.record = Some(record::path_of(dir, path));
+            self.recorded = Recorded::Unknown;
+        }
     }
 
     /// The mailbox's path as its record names it.
@@ -918,7 +931,11 @@ impl Mailbox {
             }
         }
         // What the rewrite covers needs no in-place write.
-        let cut = start.and_then(|s| self.messages.get(s)).map_or(u64::MAX, |m| m.from_off);
+        let cut = if self.rewrite_all && start == Some(0) {
+            0
+        } else {
+            start.and_then(|s| self.messages.get(s)).map_or(u64::MAX, |m| m.from_off)
+        };
         in_place.retain(|(off, _)| *off < cut);
         let mut events = Vec::new();
         // 2. The tail rewrite, first: if it cannot be written (a full disk),
@@ -948,6 +965,7 @@ impl Mailbox {
             }
         }
         self.first_unpersisted = None;
+        self.rewrite_all = false;
         if !self.messages.is_empty() || self.pseudo.is_some() {
             self.disk_base = Some(self.base());
         }
@@ -990,6 +1008,22 @@ impl Mailbox {
         } else {
             Err(StoreError::NoSpace)
         }
+    }
+
+    /// Makes the next write rewrite the whole file with one state: this
+    /// UIDVALIDITY (and at least this UIDNEXT) in the one base, every
+    /// message's state lines afresh, nothing stray left (`postroom mailbox
+    /// repair` of a file with conflicting state).
+    pub fn repair_state(&mut self, uidvalidity: u32, uidnext: u32) {
+        if uidvalidity != 0 {
+            self.uidvalidity = uidvalidity;
+        }
+        self.uidnext = self.uidnext.max(uidnext);
+        for m in &mut self.messages {
+            m.persisted = false;
+        }
+        self.first_unpersisted = (!self.messages.is_empty()).then_some(0);
+        self.rewrite_all = true;
     }
 
     /// True when the flags of message `uid` changed in memory and are not
@@ -1279,11 +1313,12 @@ impl Mailbox {
     fn rewrite_from(&mut self, s: usize, expunge: &HashSet<u32>) -> Result<Vec<Event>, StoreError> {
         let base = self.base();
         let old_len = self.file.metadata().map_err(io_err(&self.path, "stat"))?.len();
-        let rewrite_pseudo = s == 0 && self.pseudo.is_some() && self.base_dirty() && {
+        let rewrite_pseudo = s == 0 && self.pseudo.is_some() && (self.rewrite_all || self.base_dirty()) && {
             let p = self.pseudo.as_ref().expect("checked");
-            p.state
-                .and_then(|(off, len)| self.fit_existing(off, len, Some(&base), true, 0, Flags::empty(), &[]))
-                .is_none()
+            self.rewrite_all
+                || p.state
+                    .and_then(|(off, len)| self.fit_existing(off, len, Some(&base), true, 0, Flags::empty(), &[]))
+                    .is_none()
         };
         let p_off = if rewrite_pseudo {
             0

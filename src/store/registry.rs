@@ -18,7 +18,8 @@ use super::StoreError;
 /// One mailbox shared by the sessions of this process.
 #[derive(Debug)]
 pub struct Shared {
-    path: PathBuf,
+    /// Canonical; changes when the mailbox is renamed.
+    path: Mutex<PathBuf>,
     mailbox: RwLock<Mailbox>,
     subscribers: Mutex<Vec<Subscriber>>,
     next_id: Mutex<u64>,
@@ -115,8 +116,8 @@ impl Waker {
 }
 
 impl Shared {
-    pub fn path(&self) -> &Path {
-        &self.path
+    pub fn path(&self) -> PathBuf {
+        self.path.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Shared access for reading messages.
@@ -278,7 +279,7 @@ impl Registry {
         }
         let mailbox = Mailbox::open(path, opts, create)?;
         let shared = Arc::new(Shared {
-            path: key,
+            path: Mutex::new(key),
             mailbox: RwLock::new(mailbox),
             subscribers: Mutex::new(Vec::new()),
             next_id: Mutex::new(0),
@@ -295,7 +296,36 @@ impl Registry {
     /// taken before the change. Sessions that have one open keep it.
     pub fn forget(&self, path: &Path) {
         self.map.lock().unwrap_or_else(|p| p.into_inner()).retain(|k, _| !k.starts_with(path));
-        self.warm.lock().unwrap_or_else(|p| p.into_inner()).retain(|s| !s.path.starts_with(path));
+        self.warm.lock().unwrap_or_else(|p| p.into_inner()).retain(|s| !s.path().starts_with(path));
+    }
+
+    /// The mailboxes at `from` and below it now live at `to` (a RENAME;
+    /// both canonical, `from` as taken before the change): sessions that
+    /// have one open keep working on it where it is now, so a STORE after
+    /// another session renamed the mailbox is written, not lost.
+    pub fn renamed(&self, from: &Path, to: &Path) {
+        let mut moved = Vec::new();
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        let moving: Vec<PathBuf> = map.keys().filter(|k| k.starts_with(from)).cloned().collect();
+        for old in moving {
+            let Some(slot) = map.remove(&old) else { continue };
+            let new = match old.strip_prefix(from) {
+                Ok(rest) if rest.as_os_str().is_empty() => to.to_path_buf(),
+                Ok(rest) => to.join(rest),
+                Err(_) => continue,
+            };
+            let open = slot.open.lock().unwrap_or_else(|p| p.into_inner()).upgrade();
+            if let Some(shared) = open {
+                *shared.path.lock().unwrap_or_else(|p| p.into_inner()) = new.clone();
+                moved.push((shared, new.clone()));
+            }
+            map.insert(new, slot);
+        }
+        drop(map);
+        // Not under the map: a mailbox's own lock may take a while.
+        for (shared, new) in moved {
+            shared.write().moved_to(&new);
+        }
     }
 
     /// How many mailboxes are open (for tests and statistics).

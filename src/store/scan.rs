@@ -72,6 +72,11 @@ impl RawMessage {
     }
 }
 
+/// Why a file is not an mbox: the words [`scan`] fails with, which
+/// `postroom mailbox repair` recognises.
+pub const NOT_FROM: &str = "does not start with a From_ line";
+pub const CR_ONLY: &str = "has line ends of CR alone, not LF";
+
 /// What the subject of a pseudo-message says (UW-IMAP's words, which
 /// Dovecot and postroom write too).
 pub const PSEUDO_SUBJECT: &[u8] = b"FOLDER INTERNAL DATA";
@@ -288,7 +293,16 @@ pub fn scan_sequential(file: &File, from: u64, limit: u64, format: MboxFormat) -
         // Wait for more bytes in case the first read was tiny.
         while buf.avail().len() < 5 && buf.fill()? {}
         if !buf.avail().starts_with(b"From ") {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "does not start with a From_ line"));
+            return Err(io::Error::new(io::ErrorKind::InvalidData, NOT_FROM));
+        }
+    }
+    // Line ends of CR alone (a classic Mac OS file): read with LF ends it
+    // would be one message with a From_ line as long as the file.
+    let (n, _) = buf.line(MAX_HEADER_LINE)?;
+    let first_line = &buf.avail()[..n];
+    if let Some(cr) = memchr::memchr(b'\r', first_line) {
+        if first_line.get(cr + 1) != Some(&b'\n') {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, CR_ONLY));
         }
     }
     while buf.pos() < buf.limit {

@@ -88,8 +88,9 @@ pub fn watch(shared: &Arc<Shared>) -> Option<WatchGuard> {
         e.users += 1;
         return Some(WatchGuard { key });
     }
-    let wd = add_watch(&w.fd, shared.path())?;
-    entries.insert(key, Entry { shared: Arc::downgrade(shared), path: shared.path().to_path_buf(), wd, users: 1 });
+    let path = shared.path();
+    let wd = add_watch(&w.fd, &path)?;
+    entries.insert(key, Entry { shared: Arc::downgrade(shared), path, wd, users: 1 });
     Some(WatchGuard { key })
 }
 
