@@ -45,11 +45,12 @@ impl Server {
         // as nobody, and the tree it works in becomes nobody's.
         let root = unsafe { libc::geteuid() } == 0;
         let user = if root { "user nobody\n" } else { "" };
+        let level = if extra.contains("log-level") { "" } else { "log-level debug\n" };
         let conf = super::write_config(
             dir,
             users,
             &format!(
-                "listen pop3 127.0.0.1:0\nlisten pop3s 127.0.0.1:0\nlisten imap 127.0.0.1:0\nlisten imaps 127.0.0.1:0\ntls-cert tls/cert.pem\ntls-key tls/key.pem\nauth-failure-delay 1s\nlog-level debug\n{user}{extra}"
+                "listen pop3 127.0.0.1:0\nlisten pop3s 127.0.0.1:0\nlisten imap 127.0.0.1:0\nlisten imaps 127.0.0.1:0\ntls-cert tls/cert.pem\ntls-key tls/key.pem\nauth-failure-delay 1s\n{level}{user}{extra}"
             ),
         );
         if root {

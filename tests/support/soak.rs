@@ -615,13 +615,13 @@ impl ImapClient<'_> {
             12..=13 => {
                 self.cmd("UID FETCH 1:* (UID FLAGS RFC822.SIZE ENVELOPE)");
             }
-            14..=20 => {
+            14..=24 => {
                 let Some(uid) = self.pick() else { return };
                 let flag = ["\\Flagged", "\\Seen", "\\Answered", "$Soak1", "$Soak2", "Junk"][self.rng.below(6)];
                 let op = if self.rng.below(3) == 0 { "-" } else { "+" };
                 self.cmd(&format!("UID STORE {uid} {op}FLAGS ({flag})"));
             }
-            21..=26 => self.delete(),
+            25..=26 => self.delete(),
             27..=29 => self.search(),
             30..=31 => {
                 self.cmd("NOOP");
@@ -809,7 +809,7 @@ fn pop3_session(ledger: &Ledger, target: &Target, user: &str, name: &str, rng: &
     }
     let mut dele: Vec<(u32, String)> = Vec::new();
     let take = if msgs.is_empty() { 0 } else { rng.below(msgs.len().min(8)) + 1 };
-    let delete_all = rng.below(3) == 0;
+    let delete_all = rng.below(6) == 0;
     for (k, &(n, uid)) in msgs.iter().enumerate() {
         let chosen = k < take || delete_all;
         if !chosen {
