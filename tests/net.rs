@@ -10,6 +10,8 @@
 //! Run as root, the tests give the server `user nobody` (it refuses to serve
 //! mail as root), so the switch of user is exercised as well.
 
+mod support;
+
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -37,15 +39,12 @@ fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// A loopback port that was free a moment ago.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 /// A temporary directory with a config, a passwd file, and room for the
 /// spool, state, TLS files and log; open to the unprivileged user.
 struct Setup {
     dir: tempfile::TempDir,
+    /// The addresses the server bound (port 0 in the config: the kernel
+    /// picks, the server logs them, [`Daemon::wait_started`] reads them).
     pop3: SocketAddr,
     pop3s: SocketAddr,
     imap: SocketAddr,
@@ -54,10 +53,8 @@ struct Setup {
 impl Setup {
     fn new(extra: &str) -> Setup {
         let dir = tempfile::Builder::new().prefix("postroom-net").tempdir().unwrap();
-        let pop3: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let pop3s: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let imap: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let s = Setup { dir, pop3, pop3s, imap };
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let s = Setup { dir, pop3: any, pop3s: any, imap: any };
         for d in ["spool", "mail", "state"] {
             fs::create_dir(s.path(d)).unwrap();
         }
@@ -82,13 +79,10 @@ impl Setup {
     fn config_text(&self, extra: &str) -> String {
         let user = if is_root() { format!("user {UNPRIVILEGED}\n") } else { String::new() };
         format!(
-            "listen pop3 {}\nlisten pop3s {}\nlisten imap {}\n\
+            "listen pop3 127.0.0.1:0\nlisten pop3s 127.0.0.1:0\nlisten imap 127.0.0.1:0\n\
              tls-cert tls/cert.pem\ntls-key tls/key.pem\npasswd-file passwd\n\
              inbox spool/%u\nmail-dir mail/%u\nstate-dir state\n\
              hostname localhost\nlog {}\nlog-level debug\n{user}{extra}\n",
-            self.pop3,
-            self.pop3s,
-            self.imap,
             self.path("log").display()
         )
     }
@@ -166,6 +160,15 @@ impl Daemon {
             }
             assert!(start.elapsed() < PATIENCE, "postroomd did not start:\n{}", self.setup.log());
             sleep(Duration::from_millis(20));
+        }
+        for (protocol, port) in support::server::listening(&self.setup.log()) {
+            let addr = SocketAddr::from(([127, 0, 0, 1], port));
+            match protocol.as_str() {
+                "pop3" => self.setup.pop3 = addr,
+                "pop3s" => self.setup.pop3s = addr,
+                "imap" => self.setup.imap = addr,
+                _ => {}
+            }
         }
     }
 
@@ -510,8 +513,9 @@ fn socket_activation_serves_the_passed_socket() {
     let mut c = Client::connect(addr);
     greeting_ok(&c.line());
     d.setup.wait_log("via=systemd");
-    // The configured ports were not bound.
-    assert!(TcpStream::connect(d.setup.pop3).is_err());
+    // The configured ports were not bound: only the passed socket serves.
+    let listening = d.setup.log().lines().filter(|l| l.contains("server listening")).collect::<Vec<_>>().join("\n");
+    assert!(listening.contains("via=systemd") && !listening.contains("via=standalone"), "{listening}");
     d.signal(libc::SIGTERM);
     c.send("QUIT\r\n");
     assert!(c.line().starts_with("+OK"));
