@@ -298,12 +298,10 @@ pub fn scan_sequential(file: &File, from: u64, limit: u64, format: MboxFormat) -
     }
     // Line ends of CR alone (a classic Mac OS file): read with LF ends it
     // would be one message with a From_ line as long as the file.
-    let (n, _) = buf.line(MAX_HEADER_LINE)?;
-    let first_line = &buf.avail()[..n];
-    if let Some(cr) = memchr::memchr(b'\r', first_line) {
-        if first_line.get(cr + 1) != Some(&b'\n') {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, CR_ONLY));
-        }
+    // (No LF in the first megabyte, and CRs: a From_ line that ran on.)
+    let (n, has_nl) = buf.line(MAX_HEADER_LINE)?;
+    if !has_nl && memchr::memchr(b'\r', &buf.avail()[..n]).is_some() {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, CR_ONLY));
     }
     while buf.pos() < buf.limit {
         let msg = scan_message(&mut buf, format, &from_word, out.messages.is_empty() && from == 0)?;
