@@ -407,3 +407,24 @@ fn issue8_11_store_after_another_session_renamed_the_mailbox_is_kept() {
     assert!(mb.messages()[0].flags.contains(Flags::FLAGGED), "on disk");
     assert_eq!(mb.message_bytes(0).unwrap(), message_for("p1"));
 }
+
+/// Found by the mbox fuzz target: a file of CR line ends is refused with
+/// its own error (the fuzz target's input `From \x8d\r\x0e`), while a
+/// From_ line that merely holds a stray CR before its LF is read as before.
+#[test]
+fn issue8_fuzz_cr_line_ends_and_a_stray_cr() {
+    let t = Tmp::new();
+    let p = t.path("mbox");
+    for (data, cr_only) in [
+        (&b"From \x8d\r\x0e"[..], true),
+        (&b"From a Thu Nov 26 16:01:55 2026\rSubject: x\r\rbody\r"[..], true),
+        (&b"From x\rThu Nov 26 16:01:55 2026\nSubject: a\n\nb\n"[..], false),
+    ] {
+        fs::write(&p, data).unwrap();
+        let f = File::open(&p).unwrap();
+        match scan::scan(&f, 0, data.len() as u64, MboxFormat::Mboxrd) {
+            Err(e) => assert!(cr_only && e.to_string() == scan::CR_ONLY, "{e}"),
+            Ok(s) => assert!(!cr_only && s.messages.len() == 1),
+        }
+    }
+}
