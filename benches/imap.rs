@@ -23,7 +23,10 @@
 //! 3. `FETCH 1:* (FLAGS RFC822.SIZE ENVELOPE)` on that mailbox, right
 //!    after the cold SELECT (Dovecot's cache empty) and in the next session.
 //! 4. `FETCH 1:* BODY.PEEK[]` of a 1000-message INBOX, in MB/s of message
-//!    octets (literals, counted exactly; checked against RFC822.SIZE).
+//!    octets (literals, counted exactly; checked against RFC822.SIZE); and
+//!    `FETCH 1 BODY.PEEK[]` of an INBOX of one large message (30 MB: lines
+//!    of every length, quoted `From ` lines), the cost of streaming a
+//!    literal in batches under the locks.
 //! 5. IDLE notification latency: session A in IDLE, session B on the same
 //!    INBOX does `STORE n +FLAGS (\Flagged)`, or APPENDs a message; the time
 //!    from B's tagged OK to A reading the untagged FETCH or EXISTS. Then
@@ -55,6 +58,7 @@
 //! Environment: `POSTROOM_BENCH_MESSAGES` (messages in the large INBOX,
 //! default 100000), `POSTROOM_BENCH_RUNS` (runs of each timed row, default
 //! 5), `POSTROOM_BENCH_ROUNDS` (notifications per IDLE row, default 20),
+//! `POSTROOM_BENCH_LARGE_MB` (the large message of row 4, default 30),
 //! `POSTROOM_BENCH_IDLE` (idle sessions, default 1000), `POSTROOM_BENCH_ONLY`
 //! (a comma-separated subset of `select,body,idle,memory`),
 //! `POSTROOM_BENCH_SCHEME` (the password scheme, default PLAIN), `DOVECOT`
@@ -125,6 +129,7 @@ struct Config {
     runs: usize,
     rounds: usize,
     idle: usize,
+    large_mb: u64,
     only: Vec<String>,
     keep: bool,
 }
@@ -143,6 +148,7 @@ impl Config {
             runs: env_num("POSTROOM_BENCH_RUNS", 5)?.clamp(1, 50) as usize,
             rounds: env_num("POSTROOM_BENCH_ROUNDS", 20)?.clamp(1, IDLE_MESSAGES as u64) as usize,
             idle: env_num("POSTROOM_BENCH_IDLE", 1000)?.clamp(1, 5000) as usize,
+            large_mb: env_num("POSTROOM_BENCH_LARGE_MB", 30)?.clamp(1, 1000),
             only,
             keep: env_flag("POSTROOM_BENCH_KEEP"),
         })
@@ -702,6 +708,12 @@ fn run() -> Res<()> {
     let small = gen.join("small.mbox");
     mail::write_mbox(&small, PER_USER_MESSAGES, SEED ^ 0x10, true)?;
     users.push(user("bob".into(), body, BODY_MESSAGES));
+    let mut large_bytes = 0;
+    if cfg.wants("body") {
+        let p = gen.join("large.mbox");
+        large_bytes = mail::write_large(&p, cfg.large_mb << 20, true)?;
+        users.push(user("erin".into(), p, 1));
+    }
     users.push(user("carol".into(), mid.clone(), IDLE_MESSAGES));
     users.push(user("dave".into(), mid, IDLE_MESSAGES));
     if cfg.wants("memory") {
@@ -861,6 +873,19 @@ fn run() -> Res<()> {
         notes.push(format!(
             "body fetch: message octets sent per FETCH: postroom {po}, Dovecot {dco} (postroom reads mboxrd: one '>' fewer on quoted From_ lines)"
         ));
+        let erin = find("erin")?;
+        let prs = on_pr(&|s| Ok(body_fetch(s, &erin, cfg.runs)?.0));
+        let dcs = on_dc(&|s| Ok(body_fetch(s, &erin, cfg.runs)?.0));
+        table.add(
+            format!("4. FETCH 1 BODY.PEEK[] of one {:.0} MB message, MB/s", large_bytes as f64 / 1e6),
+            &prs,
+            &dcs,
+            median,
+            fig,
+            Better::Higher,
+            "faster",
+            None,
+        );
     }
 
     // Row 5.

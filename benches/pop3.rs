@@ -42,11 +42,20 @@
 //! of that scheme instead), allow plain text logins on loopback, and run
 //! without TLS.
 //!
+//! - RETR of one large message (`large`: a 30 MB mbox of one message with
+//!   lines of every length, quoted `From ` lines and lines that need
+//!   byte-stuffing), in MB/s of message octets, timed from the command to
+//!   the final ".": the cost of streaming in batches under the locks.
+//!
 //! Environment: `POSTROOM_BENCH_SECS` (seconds per rate row and server,
 //! default 5), `POSTROOM_BENCH_IDLE` (idle sessions, default 1000),
 //! `POSTROOM_BENCH_CLIENTS` (default 50), `POSTROOM_BENCH_SCHEME` (the
-//! password scheme, default PLAIN), `DOVECOT` (default
-//! /usr/sbin/dovecot). Files go to /tmp/postroom-bench-pop3/run-PID, removed
+//! password scheme, default PLAIN), `POSTROOM_BENCH_LARGE_MB` (size
+//! of the large message, default 30), `POSTROOM_BENCH_RUNS` (timed RETRs of
+//! it, default 5), `POSTROOM_BENCH_ONLY` (a comma-separated subset of
+//! `sessions,idle,large`), `DOVECOT` (default /usr/sbin/dovecot). A quick
+//! run: `POSTROOM_BENCH_ONLY=large cargo bench --bench pop3`, or
+//! `POSTROOM_BENCH_SECS=1 POSTROOM_BENCH_IDLE=100 POSTROOM_BENCH_CLIENTS=10`. Files go to /tmp/postroom-bench-pop3/run-PID, removed
 //! at the end unless `POSTROOM_BENCH_KEEP=1` (for reading the servers' logs).
 //! Under root both servers serve mail as nobody.
 
@@ -67,7 +76,7 @@ use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
 use client::Pop3;
-use common::{env_flag, env_num, fig, load_average, mail, parallel, raise_nofile, Res, RunDir, Table};
+use common::{env_flag, env_num, fig, load_average, mail, median, parallel, raise_nofile, Res, RunDir, Table};
 use servers::{dovecot_version, Ids, Kind, Mem, Server, User};
 
 const DIR: &str = "/tmp/postroom-bench-pop3";
@@ -81,10 +90,16 @@ const GOAL_RATE: f64 = 2.0;
 /// Goal: resident memory per idle postroom session below this, in KiB.
 const GOAL_IDLE_KIB: f64 = 64.0;
 
+/// The parts of the benchmark (`POSTROOM_BENCH_ONLY`).
+const SECTIONS: [&str; 3] = ["sessions", "idle", "large"];
+
 struct Config {
     secs: f64,
     idle: usize,
     clients: usize,
+    large_mb: u64,
+    runs: usize,
+    only: Vec<String>,
     keep: bool,
 }
 
@@ -94,9 +109,22 @@ impl Config {
             secs: env_num("POSTROOM_BENCH_SECS", 5)?.clamp(1, 60) as f64,
             idle: env_num("POSTROOM_BENCH_IDLE", 1000)?.clamp(1, 5000) as usize,
             clients: env_num("POSTROOM_BENCH_CLIENTS", 50)?.clamp(1, 200) as usize,
+            large_mb: env_num("POSTROOM_BENCH_LARGE_MB", 30)?.clamp(1, 1000),
+            runs: env_num("POSTROOM_BENCH_RUNS", 5)?.clamp(1, 50) as usize,
+            only: match std::env::var("POSTROOM_BENCH_ONLY") {
+                Ok(v) => v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect(),
+                Err(_) => SECTIONS.iter().map(|s| s.to_string()).collect(),
+            },
             keep: env_flag("POSTROOM_BENCH_KEEP"),
         };
+        if let Some(bad) = c.only.iter().find(|s| !SECTIONS.contains(&s.as_str())) {
+            return Err(format!("POSTROOM_BENCH_ONLY: unknown section {bad} (known: {})", SECTIONS.join(",")));
+        }
         Ok(c)
+    }
+
+    fn wants(&self, section: &str) -> bool {
+        self.only.iter().any(|s| s == section)
     }
 }
 
@@ -365,9 +393,12 @@ fn run() -> Res<()> {
     let big = gen.join("1000.mbox");
     let mid = gen.join("100.mbox");
     let small = gen.join("10.mbox");
-    let big_bytes = mail::write_mbox(&big, 1000, SEED, false)?;
-    let mid_bytes = mail::write_mbox(&mid, 100, SEED ^ 0x100, false)?;
-    let small_bytes = mail::write_mbox(&small, 10, SEED ^ 0x10, false)?;
+    let large_path = gen.join("large.mbox");
+    let sessions = cfg.wants("sessions");
+    let big_bytes = if sessions { mail::write_mbox(&big, 1000, SEED, false)? } else { 0 };
+    let mid_bytes = if sessions { mail::write_mbox(&mid, 100, SEED ^ 0x100, false)? } else { 0 };
+    let small_bytes = if cfg.wants("idle") { mail::write_mbox(&small, 10, SEED ^ 0x10, false)? } else { 0 };
+    let large_bytes = if cfg.wants("large") { mail::write_large(&large_path, cfg.large_mb << 20, false)? } else { 0 };
     let user = |name: String, template: &Path, messages| User {
         password: format!("pw-{name}-7q"),
         name,
@@ -375,9 +406,21 @@ fn run() -> Res<()> {
         messages,
     };
     let alice = user("alice".into(), &big, 1000);
-    let many: Vec<User> = (1..=cfg.clients).map(|i| user(format!("c{i:02}"), &mid, 100)).collect();
-    let idle: Vec<User> = (1..=cfg.idle).map(|i| user(format!("m{i:04}"), &small, 10)).collect();
-    let owned: Vec<User> = std::iter::once(&alice).chain(&many).chain(&idle).cloned().collect();
+    let large = user("large".into(), &large_path, 1);
+    let many: Vec<User> =
+        if sessions { (1..=cfg.clients).map(|i| user(format!("c{i:02}"), &mid, 100)).collect() } else { Vec::new() };
+    let idle: Vec<User> = if cfg.wants("idle") {
+        (1..=cfg.idle).map(|i| user(format!("m{i:04}"), &small, 10)).collect()
+    } else {
+        Vec::new()
+    };
+    let owned: Vec<User> = std::iter::once(&alice)
+        .filter(|_| sessions)
+        .chain(std::iter::once(&large).filter(|_| cfg.wants("large")))
+        .chain(&many)
+        .chain(&idle)
+        .cloned()
+        .collect();
     let pr_dir = dir.join("postroom");
     let dc_dir = dir.join("dovecot");
     servers::postroom_tree(&pr_dir, &owned, &ids)?;
@@ -385,19 +428,92 @@ fn run() -> Res<()> {
     eprintln!(
         "pop3 bench: {} users, {:.0} MB of mbox per server, in {:.1} s",
         owned.len(),
-        (big_bytes + mid_bytes * many.len() as u64 + small_bytes * idle.len() as u64) as f64 / 1e6,
+        (big_bytes + large_bytes + mid_bytes * many.len() as u64 + small_bytes * idle.len() as u64) as f64 / 1e6,
         t.elapsed().as_secs_f64()
     );
 
-    // Sessions per second.
+    let mut table = Table::new("pop3");
+    let mut notes: Vec<String> = Vec::new();
+    let mut problems = Vec::new();
+    let mut summary = Vec::new();
     let cap = (cfg.clients + cfg.idle) as u32 + 100;
-    let pr = Server::postroom(&pr_dir, &ids, cap)?;
-    let dc = Server::dovecot(&dc_dir, &ids, cap, false)?;
+    if sessions {
+        sessions_rows(
+            &cfg,
+            &dir,
+            &ids,
+            cap,
+            &alice,
+            &many,
+            &idle,
+            &mut table,
+            &mut notes,
+            &mut problems,
+            &mut summary,
+        )?;
+    }
+    if cfg.wants("idle") {
+        idle_rows(&cfg, &dir, &ids, &idle, &mut table, &mut notes, &mut summary)?;
+    }
+    if cfg.wants("large") {
+        large_rows(&cfg, &dir, &ids, cap, &large, large_bytes, &mut table, &mut notes)?;
+    }
+
+    println!(
+        "postroom POP3 benchmark beside {} on 127.0.0.1; {} CPUs; load average {load_before} before, {} after; {} s per rate row and server; measured in {:.0} s",
+        dovecot_version(),
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
+        load_average(),
+        cfg.secs,
+        started.elapsed().as_secs_f64()
+    );
+    for n in &notes {
+        println!("{n}");
+    }
+    println!(
+        "both: passwd-file with {{{}}} passwords, plain text login on loopback, no TLS, log level info to a file; postroom: defaults otherwise (dotlock + fcntl, fsync); Dovecot: defaults (one login process per connection, one pop3 process per session) with mbox_write_locks = fcntl, its on-disk index (~/mail/.imap), limits raised; \"reusing processes\": also service_count = 0 for pop3-login (process_min_avail = 2) and pop3; descriptor limit {nofile}",
+        servers::password_scheme()
+    );
+    println!();
+    table.print();
+    for s in &summary {
+        println!("{s}");
+    }
+    if !problems.is_empty() {
+        println!();
+        println!("server log lines with warnings or errors during the rate rows ({}):", problems.len());
+        for l in problems.iter().take(20) {
+            println!("  {l}");
+        }
+    }
+    Ok(())
+}
+
+/// The rate rows: sessions per second against Dovecot with its defaults and
+/// with its processes reused.
+#[allow(clippy::too_many_arguments)]
+fn sessions_rows(
+    cfg: &Config,
+    dir: &Path,
+    ids: &Ids,
+    cap: u32,
+    alice: &User,
+    many: &[User],
+    idle: &[User],
+    table: &mut Table,
+    notes: &mut Vec<String>,
+    problems: &mut Vec<String>,
+    summary: &mut Vec<String>,
+) -> Res<()> {
+    let pr_dir = dir.join("postroom");
+    let dc_dir = dir.join("dovecot");
+    let pr = Server::postroom(&pr_dir, ids, cap)?;
+    let dc = Server::dovecot(&dc_dir, ids, cap, false)?;
     let servers = [&pr, &dc];
     let t = Instant::now();
     let mut mail = Vec::new();
     for s in servers {
-        mail.push(warm_up(s, &alice, &many, &idle).map_err(|e| format!("{e}\n{}", s.log_tail(20)))?);
+        mail.push(warm_up(s, alice, many, idle).map_err(|e| format!("{e}\n{}", s.log_tail(20)))?);
     }
     let (same, quoting, quote_octets) = compare_mail(&mail[0], &mail[1])?;
     let alice_wire: u64 = mail[0].iter().map(|m| m.len() as u64).sum();
@@ -412,7 +528,7 @@ fn run() -> Res<()> {
     ];
     let run_row = |s: &Server, name: &str, clients: usize, full: bool| -> Res<Rate> {
         let g = |i: usize| {
-            let u = if clients == 1 { &alice } else { &many[i] };
+            let u = if clients == 1 { alice } else { &many[i] };
             if full {
                 full_session(s, u, None)
             } else {
@@ -440,7 +556,6 @@ fn run() -> Res<()> {
         }
         rates.push(r);
     }
-    let mut problems = Vec::new();
     let mut log_problems = |s: &Server| {
         for l in s.log_problems() {
             problems.push(format!("{}: {l}", s.name()));
@@ -450,9 +565,9 @@ fn run() -> Res<()> {
     drop(dc);
     // The same rows against Dovecot with its processes reused, on the same
     // (warm) mail and index.
-    let dcr = Server::dovecot(&dc_dir, &ids, cap, true)?;
-    full_session(&dcr, &alice, None)?;
-    light_session(&dcr, &alice)?;
+    let dcr = Server::dovecot(&dc_dir, ids, cap, true)?;
+    full_session(&dcr, alice, None)?;
+    light_session(&dcr, alice)?;
     parallel(many.len(), 8, |i| full_session(&dcr, &many[i], None))?;
     for (k, (name, clients, full)) in rows.iter().enumerate() {
         let r = run_row(&dcr, name, *clients, *full)?;
@@ -463,7 +578,6 @@ fn run() -> Res<()> {
     drop(dcr);
     drop(pr);
 
-    let mut table = Table::new("pop3");
     let mut rate_ratios = Vec::new();
     let mut reuse_ratios = Vec::new();
     let mbs = |x: &Rate| {
@@ -496,15 +610,50 @@ fn run() -> Res<()> {
             );
         }
     }
+    notes.push(format!(
+        "mail: alice {} messages ({:.1} KiB per message on the wire); {} users x 100 messages for the {}-client rows",
+        alice.messages,
+        alice_wire as f64 / alice.messages as f64 / 1024.0,
+        cfg.clients,
+        cfg.clients,
+    ));
+    notes.push(format!(
+        "alice's mail through both servers: {same} messages byte-identical, {quoting} differ only in `>From ` unquoting ({quote_octets} octets: postroom reads mboxrd by default, Dovecot mboxo)"
+    ));
+    notes.push(
+        "full session: connect, USER, PASS, STAT, LIST, UIDL, RETR every message (octets checked against LIST), QUIT, server closes; light: connect, USER, PASS, STAT, UIDL, QUIT".into(),
+    );
+    let range = |v: &[f64]| (v.iter().copied().fold(f64::INFINITY, f64::min), v.iter().copied().fold(0.0, f64::max));
+    let (lo, hi) = range(&rate_ratios);
+    let (rlo, rhi) = range(&reuse_ratios);
+    summary.push(format!(
+        "summary: sessions/s {} to {} x Dovecot (goal >= {GOAL_RATE}: {}); {} to {} x Dovecot reusing processes",
+        fig(lo),
+        fig(hi),
+        if lo >= GOAL_RATE { "met" } else { "not met in every row" },
+        fig(rlo),
+        fig(rhi),
+    ));
+    Ok(())
+}
 
-    // Memory per idle session, each row on fresh servers.
+/// Memory per idle session, each row on fresh servers.
+fn idle_rows(
+    cfg: &Config,
+    dir: &Path,
+    ids: &Ids,
+    idle: &[User],
+    table: &mut Table,
+    notes: &mut Vec<String>,
+    summary: &mut Vec<String>,
+) -> Res<()> {
     let mut idle_notes = Vec::new();
     let mut idle_ok = true;
     for login in [false, true] {
         let what = if login { "logged in" } else { "greeted" };
         let t = Instant::now();
-        let p = idle_sessions(Kind::Postroom, &dir, &ids, &idle, login)?;
-        let d = idle_sessions(Kind::Dovecot, &dir, &ids, &idle, login)?;
+        let p = idle_sessions(Kind::Postroom, dir, ids, idle, login)?;
+        let d = idle_sessions(Kind::Dovecot, dir, ids, idle, login)?;
         eprintln!(
             "pop3 bench: {} idle sessions ({what}) on both servers in {:.1} s",
             idle.len(),
@@ -546,60 +695,75 @@ fn run() -> Res<()> {
             d.after.pss_kib
         ));
     }
+    notes.push(format!(
+        "idle sessions ({} connections each, {} users x 10 messages for the logged-in row, Dovecot with its defaults):",
+        cfg.idle, cfg.idle
+    ));
+    notes.extend(idle_notes);
+    summary.push(format!("summary: idle session < {GOAL_IDLE_KIB} KiB: {}", if idle_ok { "met" } else { "not met" }));
+    Ok(())
+}
 
-    println!(
-        "postroom POP3 benchmark beside {} on 127.0.0.1; {} CPUs; load average {load_before} before, {} after; {} s per rate row and server; measured in {:.0} s",
-        dovecot_version(),
-        std::thread::available_parallelism().map_or(1, |n| n.get()),
-        load_average(),
-        cfg.secs,
-        started.elapsed().as_secs_f64()
-    );
-    println!(
-        "mail: alice {} messages, {:.1} MB mbox ({:.1} KiB per message on the wire); {} users x 100 messages ({:.1} MB each) for the {}-client rows; {} users x 10 messages for the idle logged-in row",
-        alice.messages,
-        big_bytes as f64 / 1e6,
-        alice_wire as f64 / alice.messages as f64 / 1024.0,
-        cfg.clients,
-        mid_bytes as f64 / 1e6,
-        cfg.clients,
-        cfg.idle
-    );
-    println!(
-        "alice's mail through both servers: {same} messages byte-identical, {quoting} differ only in `>From ` unquoting ({quote_octets} octets: postroom reads mboxrd by default, Dovecot mboxo)"
-    );
-    println!(
-        "both: passwd-file with {{{}}} passwords, plain text login on loopback, no TLS, log level info to a file; postroom: defaults otherwise (dotlock + fcntl, fsync); Dovecot: defaults (one login process per connection, one pop3 process per session) with mbox_write_locks = fcntl, its on-disk index (~/mail/.imap), limits raised; \"reusing processes\": also service_count = 0 for pop3-login (process_min_avail = 2) and pop3; descriptor limit {nofile}",
-        servers::password_scheme()
-    );
-    println!(
-        "full session: connect, USER, PASS, STAT, LIST, UIDL, RETR every message (octets checked against LIST), QUIT, server closes; light: connect, USER, PASS, STAT, UIDL, QUIT"
-    );
-    println!();
-    table.print();
-    println!();
-    println!("idle sessions ({} connections each, Dovecot with its defaults):", cfg.idle);
-    for n in &idle_notes {
-        println!("{n}");
-    }
-    let range = |v: &[f64]| (v.iter().copied().fold(f64::INFINITY, f64::min), v.iter().copied().fold(0.0, f64::max));
-    let (lo, hi) = range(&rate_ratios);
-    let (rlo, rhi) = range(&reuse_ratios);
-    println!(
-        "summary: sessions/s {} to {} x Dovecot (goal >= {GOAL_RATE}: {}); {} to {} x Dovecot reusing processes; idle session < {GOAL_IDLE_KIB} KiB: {}",
-        fig(lo),
-        fig(hi),
-        if lo >= GOAL_RATE { "met" } else { "not met in every row" },
-        fig(rlo),
-        fig(rhi),
-        if idle_ok { "met" } else { "not met" }
-    );
-    if !problems.is_empty() {
-        println!();
-        println!("server log lines with warnings or errors during the rate rows ({}):", problems.len());
-        for l in problems.iter().take(20) {
-            println!("  {l}");
+/// RETR of one large message, timed from the command to the final ".",
+/// `cfg.runs` times after one untimed run on each server; MB/s of message
+/// octets, median and range.
+#[allow(clippy::too_many_arguments)]
+fn large_rows(
+    cfg: &Config,
+    dir: &Path,
+    ids: &Ids,
+    cap: u32,
+    large: &User,
+    bytes: u64,
+    table: &mut Table,
+    notes: &mut Vec<String>,
+) -> Res<()> {
+    let pr = Server::postroom(&dir.join("postroom"), ids, cap)?;
+    let dc = Server::dovecot(&dir.join("dovecot"), ids, cap, false)?;
+    let mut rates: Vec<Vec<f64>> = Vec::new();
+    let mut octets = Vec::new();
+    for s in [&pr, &dc] {
+        let mut r = Vec::new();
+        let mut size = 0;
+        for run in 0..=cfg.runs {
+            let mut p = Pop3::connect(s.name(), s.port, BIG_BUF)?;
+            p.login(&large.name, &large.password)?;
+            let sizes = p.list()?;
+            size = *sizes.first().ok_or_else(|| format!("{}: no message for {}", s.name(), large.name))?;
+            let t = Instant::now();
+            p.retr(1, size, None).map_err(|e| format!("{e}\n{}", s.log_tail(20)))?;
+            let secs = t.elapsed().as_secs_f64();
+            p.quit()?;
+            if run > 0 {
+                r.push(size as f64 / 1e6 / secs);
+            }
         }
+        eprintln!("pop3 bench: RETR of {size} octets, {}: {:?} MB/s", s.name(), r);
+        rates.push(r);
+        octets.push(size);
     }
+    drop(dc);
+    drop(pr);
+    let (p, d) = (median(&rates[0]), median(&rates[1]));
+    let range = |v: &[f64]| {
+        format!(
+            "{}-{}",
+            fig(v.iter().copied().fold(f64::INFINITY, f64::min)),
+            fig(v.iter().copied().fold(0.0, f64::max))
+        )
+    };
+    table.row(
+        format!("RETR of one {:.0} MB message, MB/s (median of {}, range)", bytes as f64 / 1e6, cfg.runs),
+        format!("{} ({})", fig(p), range(&rates[0])),
+        format!("{} ({})", fig(d), range(&rates[1])),
+        format!("postroom/Dovecot {} (>1: postroom faster)", fig(p / d)),
+        String::new(),
+    );
+    notes.push(format!(
+        "large message: {:.1} MB mbox, {} octets on the wire from postroom, {} from Dovecot (mboxrd vs mboxo unquoting)",
+        bytes as f64 / 1e6,
+        octets[0],
+        octets[1]
+    ));
     Ok(())
 }

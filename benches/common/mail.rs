@@ -69,6 +69,58 @@ pub fn write_mbox(path: &Path, messages: u32, seed: u64, with_state: bool) -> Re
     Ok(fs::metadata(path).map_err(err)?.len())
 }
 
+/// Writes an mbox of one large message of about `bytes` octets on disk
+/// (LF line ends; text lines of every length up to 998, some starting
+/// with `From ` (stored as `>From `, mboxrd) or a dot, which the servers
+/// must unquote and byte-stuff), with `with_state` its state headers, and
+/// has postroom open it once, as [`write_mbox`] does. Returns the file's
+/// size.
+pub fn write_large(path: &Path, bytes: u64, with_state: bool) -> Res<u64> {
+    let err = |e: std::io::Error| format!("{}: {e}", path.display());
+    let mut w = BufWriter::with_capacity(4 << 20, File::create(path).map_err(err)?);
+    let date: i64 = 1_735_689_600;
+    w.write_all(from_line::format("big@example.org", date).as_bytes()).map_err(err)?;
+    w.write_all(b"\n").map_err(err)?;
+    if with_state {
+        let base = Base { uidvalidity: mboxgen::UIDVALIDITY, uidnext: 2, keywords: Vec::new() };
+        let block = state::render(&Block { base: Some(&base), uid: 1, flags: state::Flags::SEEN, keywords: &[] }, None)
+            .ok_or("a state block did not render")?;
+        w.write_all(&block).map_err(err)?;
+    }
+    w.write_all(
+        b"From: Big Sender <big@example.org>\nTo: alice@example.org\nSubject: a large message\n\
+          Message-ID: <large@postroom.bench>\nDate: Wed, 1 Jan 2025 00:00:00 +0000\n\n",
+    )
+    .map_err(err)?;
+    let mut written = 0u64;
+    let mut i = 0u64;
+    let mut line = Vec::with_capacity(1024);
+    while written < bytes {
+        line.clear();
+        match i % 61 {
+            0 => line.extend_from_slice(b">From the start of a line, quoted on disk"),
+            7 => line.extend_from_slice(b"."),
+            _ => {}
+        }
+        let len = (i * 37 % 998) as usize;
+        line.extend((0..len).map(|j| b"abcdefghijklmnopqrstuvwxyz0123456789 "[(i as usize + j) % 37]));
+        line.push(b'\n');
+        w.write_all(&line).map_err(err)?;
+        written += line.len() as u64;
+        i += 1;
+    }
+    w.write_all(b"\n").map_err(err)?;
+    w.flush().map_err(err)?;
+    drop(w);
+    let opts = Options { fsync: false, ..Options::default() };
+    let mb = Mailbox::open(path, &opts, false).map_err(|e| format!("postroom opening {}: {e}", path.display()))?;
+    if mb.len() != 1 || (with_state && mb.needs_sync()) {
+        return Err(format!("{}: postroom sees {} messages, 1 written", path.display(), mb.len()));
+    }
+    drop(mb);
+    Ok(fs::metadata(path).map_err(err)?.len())
+}
+
 /// Reads `path` once to its end, so that it is in the page cache.
 pub fn read_through(path: &Path) -> Res<u64> {
     let mut f = File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
