@@ -50,3 +50,8 @@ pub const PRELOGIN_LITERALS: u64 = 2048;
 /// data it announces: slower than a 9600 bit/s modem, so an upload that
 /// keeps moving is never cut off, while one that crawls forever ends.
 pub const MIN_LITERAL_RATE: u64 = 1024;
+/// What one session holds of a reply at a time, whatever the size of the
+/// message or the number of items asked for: replies are produced in
+/// batches of at most this much and written out between them (RFC 3501
+/// sets no limit on what a FETCH may ask for).
+pub const REPLY_BUDGET: usize = 2 << 20;

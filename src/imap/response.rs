@@ -95,6 +95,7 @@ pub fn store_error(e: &StoreError) -> (&'static str, &'static str) {
         StoreError::TooBig(_) => ("TOOBIG", "Message too large."),
         StoreError::NoSpace => ("OVERQUOTA", "Not enough disk space."),
         StoreError::Changed(_) => ("UNAVAILABLE", "Mailbox changed; try again."),
+        StoreError::Diverged(..) => ("UNAVAILABLE", "Message changed while it was being read; try again."),
         StoreError::Io(..) => ("SERVERBUG", "Internal error; see server log."),
     }
 }

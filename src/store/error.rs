@@ -29,6 +29,11 @@ pub enum StoreError {
     NoSpace,
     /// The mailbox changed under us in a way that could not be resynced.
     Changed(PathBuf),
+    /// A message being sent in batches (its length already announced) is
+    /// gone or no longer the one reading began with: what was sent can't
+    /// be completed, and the session must end without another byte
+    /// (see [`crate::store::reader`]).
+    Diverged(PathBuf, u32),
     /// Any other I/O error, with what we were doing.
     Io(String, io::Error),
 }
@@ -68,6 +73,9 @@ impl fmt::Display for StoreError {
             StoreError::TooBig(n) => write!(f, "message of {n} bytes is larger than allowed"),
             StoreError::NoSpace => write!(f, "no space left on device"),
             StoreError::Changed(p) => write!(f, "{} changed under us", p.display()),
+            StoreError::Diverged(p, uid) => {
+                write!(f, "message UID {uid} of {} changed or vanished while it was being sent", p.display())
+            }
             StoreError::Io(what, e) => write!(f, "{what}: {e}"),
         }
     }

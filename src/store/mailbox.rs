@@ -29,9 +29,10 @@ use super::from_line;
 use super::journal::{self, Piece};
 use super::lock::{self, LockSettings, MboxLock};
 use super::record;
+use super::reader::{self, Part, Reader};
 use super::scan::{self, RawMessage};
 use super::state::{self, Base, Flags, StateHeader};
-use super::transform::{self, Served};
+use super::transform;
 use super::{MboxFormat, StoreError};
 
 /// A compaction on a full disk ([`journal::compact`]) takes at most this
@@ -1541,7 +1542,7 @@ with the data reset to initial values.\n\n",
 
     /// Holds a shared fcntl lock while reading message bytes, and checks
     /// that the file is still the one indexed.
-    fn with_read<T>(&self, f: impl FnOnce(&File) -> Result<T, StoreError>) -> Result<T, StoreError> {
+    pub(crate) fn with_read<T>(&self, f: impl FnOnce(&File) -> Result<T, StoreError>) -> Result<T, StoreError> {
         // When a reader already holds the lock, the file was checked then
         // and no cooperating writer can have changed it since.
         let checked = {
@@ -1574,30 +1575,27 @@ with the data reset to initial values.\n\n",
 
     /// Runs `f` holding one read lock throughout, so that the many reads
     /// of a FETCH or SEARCH over many messages lock and check the file
-    /// once rather than once per message.
+    /// once rather than once per message. Nothing that waits on a client
+    /// may run inside: see [`reader`] for sending messages.
     pub fn reading<T>(&self, f: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreError> {
         self.with_read(|_| f())
     }
 
     /// Writes message `i` as a client sees it (header, blank line, body;
-    /// CRLF line ends) to `out`. Returns the bytes written, which equal
-    /// [`Message::size`]. `Changed` means: refresh, then try again.
+    /// CRLF line ends) to `out`, under the read lock throughout: for a
+    /// copy in memory or a file, never a socket (a client that stops
+    /// reading would hold the lock; [`reader::Reader`] serves those).
+    /// Returns the bytes written, which equal [`Message::size`].
+    /// `Changed` means: refresh, then try again.
     pub fn write_message(&self, i: usize, out: &mut dyn Write) -> Result<u64, StoreError> {
-        let m = &self.messages[i];
-        self.with_read(|file| {
-            // Header and body in one stream: the transform notices the
-            // blank line between them.
-            let unquote = self.opts.format == MboxFormat::Mboxrd && !m.raw_body;
-            let mut s = Served::new(&mut *out, unquote, true);
-            stream(file, m.hdr_off, m.end, &mut s, &self.path)?;
-            s.finish().map_err(io_err(&self.path, "write"))
-        })
+        self.write_part(i, Part::Whole, out)
     }
 
     /// The message as a client sees it, in memory.
     pub fn message_bytes(&self, i: usize) -> Result<Vec<u8>, StoreError> {
         let mut v = Vec::with_capacity(self.messages[i].size as usize);
-        self.write_message(i, &mut v)?;
+        let mut r = Reader::new(self, i, Part::Whole, None);
+        while !r.fill(self, &mut v, usize::MAX)? {}
         Ok(v)
     }
 
@@ -1609,43 +1607,44 @@ with the data reset to initial values.\n\n",
         Ok(from_line::parse(line).unwrap_or(from_line::FromLine { sender: "MAILER-DAEMON".into(), date: m.date }))
     }
 
-    /// Writes only the header (with its blank line) of message `i`.
+    /// Writes only the header (with its blank line) of message `i`, as
+    /// [`Mailbox::write_message`] does.
     pub fn write_header(&self, i: usize, out: &mut dyn Write) -> Result<u64, StoreError> {
-        let m = &self.messages[i];
-        self.with_read(|file| {
-            let mut s = Served::new(out, self.opts.format == MboxFormat::Mboxrd && !m.raw_body, true);
-            stream(file, m.hdr_off, m.body_off, &mut s, &self.path)?;
-            s.finish().map_err(io_err(&self.path, "write"))
-        })
+        self.write_part(i, Part::Header, out)
     }
 
-    /// Writes only the body of message `i`.
+    /// Writes only the body of message `i`, as [`Mailbox::write_message`] does.
     pub fn write_body(&self, i: usize, out: &mut dyn Write) -> Result<u64, StoreError> {
-        let m = &self.messages[i];
-        self.with_read(|file| {
-            let unquote = self.opts.format == MboxFormat::Mboxrd && !m.raw_body;
-            let mut s = Served::new(out, unquote, false);
-            stream(file, m.body_off, m.end, &mut s, &self.path)?;
-            s.finish().map_err(io_err(&self.path, "write"))
+        self.write_part(i, Part::Text, out)
+    }
+
+    fn write_part(&self, i: usize, part: Part, out: &mut dyn Write) -> Result<u64, StoreError> {
+        self.with_read(|_| {
+            let mut r = Reader::new(self, i, part, None);
+            let mut buf = Vec::new();
+            loop {
+                let done = r.fill(self, &mut buf, reader::CHUNK)?;
+                out.write_all(&buf).map_err(io_err(&self.path, "write"))?;
+                buf.clear();
+                if done {
+                    return Ok(r.handed());
+                }
+            }
         })
     }
 }
 
-fn stream<W: Write + ?Sized>(
-    file: &File,
-    mut from: u64,
-    to: u64,
-    s: &mut Served<'_, W>,
-    path: &Path,
-) -> Result<(), StoreError> {
-    let mut buf = vec![0u8; ((to - from) as usize).min(256 * 1024)];
-    while from < to {
-        let n = ((to - from) as usize).min(buf.len());
-        file.read_exact_at(&mut buf[..n], from).map_err(io_err(path, "read"))?;
-        s.push(&buf[..n]).map_err(io_err(path, "write"))?;
-        from += n as u64;
+/// What [`reader`] needs of the index beyond the public accessors.
+impl Mailbox {
+    pub(crate) fn format(&self) -> MboxFormat {
+        self.opts.format
     }
-    Ok(())
+
+    /// Where message `i` lies in the file.
+    pub(crate) fn layout(&self, i: usize) -> reader::Layout {
+        let m = &self.messages[i];
+        reader::Layout { hdr_off: m.hdr_off, body_off: m.body_off, end: m.end, raw_body: m.raw_body }
+    }
 }
 
 /// A header block without its state lines (Content-Length stays: it may

@@ -38,6 +38,7 @@ pub mod from_line;
 pub mod journal;
 pub mod mailbox;
 pub mod record;
+pub mod reader;
 pub mod registry;
 pub mod scan;
 pub mod state;

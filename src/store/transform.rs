@@ -3,10 +3,8 @@
 //! On disk (mbox): LF line ends, `From ` lines quoted (mboxrd: `^>*From `
 //! gains one `>`; mboxo: `^From ` gains one), state headers present. On the
 //! wire: CRLF line ends, quoting removed (mboxrd only), state headers
-//! hidden. [`stored`] goes one way, [`Served`] the other, so that a message
+//! hidden. [`stored`] goes one way, [`Wire`] the other, so that a message
 //! appended with CRLF line ends comes back byte for byte.
-
-use std::io::{self, Write};
 
 use super::scan::is_quoted_from;
 use super::state;
@@ -58,163 +56,242 @@ pub fn stored(content: &[u8], format: MboxFormat) -> Vec<u8> {
     out
 }
 
-/// Streams stored bytes out in wire form: LF to CRLF, mboxrd unquoting,
-/// and (in the header) hidden state headers dropped. Feed it bytes in any
-/// pieces; it keeps the line state between them.
-pub struct Served<'w, W: Write + ?Sized> {
-    out: &'w mut W,
-    unquote: bool,
-    in_header: bool,
-    /// A partial line carried to the next piece (only for lines that start
-    /// with `>` or, in the header, with anything: they need the whole line).
-    carry: Vec<u8>,
-    at_line_start: bool,
-    prev_cr: bool,
-    written: u64,
-    /// Output gathered here and handed on in large pieces, so the writer
-    /// below (a socket buffer, byte-stuffing) sees few calls.
-    obuf: Vec<u8>,
+/// A decision at the start of a line needs at most this many bytes of
+/// it: the name of a state header ([`state::classify`] looks at 20), or
+/// the `From ` after a run of `>`.
+pub const LOOKAHEAD: usize = 20;
+
+/// Where in a line the transform is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Line {
+    /// At the first byte of a line: nothing decided yet.
+    Start,
+    /// Inside a line that is sent: copy to its end.
+    Copy,
+    /// Inside a hidden state header line: drop to its end.
+    Skip,
+    /// Inside the run of `>` that starts a line, the first `>` held back:
+    /// it is dropped if `From ` follows the run (mboxrd unquoting), else
+    /// sent when the run ends. The others go out as they come, since the
+    /// output starts with them either way.
+    Gt,
 }
 
-/// Output is handed on when this much has gathered.
-const OUT_CHUNK: usize = 32 * 1024;
+/// Turns stored bytes into wire bytes, fed in pieces of any size: LF to
+/// CRLF, mboxrd unquoting, and in the header the hidden state headers
+/// dropped. The state between pieces is a few bytes, never a line: a
+/// message of one 30 MB line streams like any other.
+///
+/// [`Wire::push`] consumes a prefix of what it is given and may stop
+/// short only at the start of a line whose fate depends on bytes not yet
+/// given (at most [`LOOKAHEAD`] of them); the caller gives those bytes
+/// again, with more, on the next call. The output for one input byte is
+/// written whole, so the wire bytes written so far always correspond to
+/// the input consumed so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Wire {
+    line: Line,
+    /// The last byte copied was CR (a LF right after it is not bare).
+    prev_cr: bool,
+    in_header: bool,
+    unquote_header: bool,
+    unquote_body: bool,
+    /// Header bytes dropped so far (hidden lines).
+    hidden: u64,
+}
 
-impl<'w, W: Write + ?Sized> Served<'w, W> {
-    /// `in_header`: the bytes start at the first header line.
-    pub fn new(out: &'w mut W, unquote: bool, in_header: bool) -> Self {
-        Served {
-            out,
-            unquote,
-            in_header,
-            carry: Vec::new(),
-            at_line_start: true,
-            prev_cr: false,
-            written: 0,
-            obuf: Vec::new(),
+impl Wire {
+    /// A transform that starts at the first header line (`in_header`) or
+    /// in the body. `unquote_header` and `unquote_body`: remove one `>`
+    /// from lines matching `^>+From ` there (mboxrd; the index counts
+    /// sizes the same way, see scan.rs). The header ends at its blank
+    /// line, or when the caller says so ([`Wire::start_body`]).
+    pub fn new(in_header: bool, unquote_header: bool, unquote_body: bool) -> Wire {
+        Wire { line: Line::Start, prev_cr: false, in_header, unquote_header, unquote_body, hidden: 0 }
+    }
+
+    /// Header bytes consumed and dropped so far (hidden state lines).
+    pub fn hidden(&self) -> u64 {
+        self.hidden
+    }
+
+    /// True in the header.
+    pub fn in_header(&self) -> bool {
+        self.in_header
+    }
+
+    /// True at the start of a line, with nothing held back.
+    pub fn at_line_start(&self) -> bool {
+        self.line == Line::Start
+    }
+
+    /// The header ends here, whatever its last line was (the index knows
+    /// where the body starts). Sends what was held back.
+    pub fn start_body(&mut self, out: &mut Vec<u8>) {
+        self.finish(out);
+        self.in_header = false;
+    }
+
+    /// The place moved to the start of a line (the reader found its
+    /// message again elsewhere, see reader.rs): a hidden line being
+    /// dropped ends there. Other states stay as they are.
+    pub fn leave_hidden_line(&mut self) {
+        if self.line == Line::Skip {
+            self.line = Line::Start;
         }
     }
 
-    /// Bytes written so far.
-    pub fn written(&self) -> u64 {
-        self.written + self.obuf.len() as u64
+    /// The end of the data: sends what was held back.
+    pub fn finish(&mut self, out: &mut Vec<u8>) {
+        if self.line == Line::Gt {
+            out.push(b'>');
+        }
+        self.line = Line::Start;
+        self.prev_cr = false;
     }
 
-    pub fn push(&mut self, mut data: &[u8]) -> io::Result<()> {
-        while !data.is_empty() {
-            if !self.carry.is_empty() || (self.at_line_start && (self.in_header || data[0] == b'>')) {
-                // Collect a whole line first.
-                match memchr::memchr(b'\n', data) {
-                    Some(i) => {
-                        self.carry.extend_from_slice(&data[..=i]);
-                        data = &data[i + 1..];
-                        let line = std::mem::take(&mut self.carry);
-                        self.line(&line)?;
-                        self.carry = line;
-                        self.carry.clear();
+    /// Appends the wire form of as much of `data` as can be decided to
+    /// `out` and returns how many bytes of `data` that was. With `at_end`,
+    /// `data` is all there is, and all of it is consumed (call
+    /// [`Wire::finish`] after). Otherwise fewer bytes are consumed only
+    /// when the last line of `data` starts fewer than [`LOOKAHEAD`] bytes
+    /// before its end and needs more to be decided.
+    pub fn push(&mut self, data: &[u8], at_end: bool, out: &mut Vec<u8>) -> usize {
+        let mut i = 0;
+        while i < data.len() {
+            let rest = &data[i..];
+            match self.line {
+                Line::Start => {
+                    if self.in_header && rest[0] != b' ' && rest[0] != b'\t' {
+                        // A state header is known by its name; a line that
+                        // is not one may be the blank line ending the header.
+                        let window = &rest[..rest.len().min(LOOKAHEAD)];
+                        let line = match memchr::memchr(b'\n', window) {
+                            Some(nl) => &window[..=nl],
+                            None if window.len() < LOOKAHEAD && !at_end => return i,
+                            None => window,
+                        };
+                        if is_hidden(line) {
+                            self.line = Line::Skip;
+                            continue;
+                        }
+                        if line == b"\n" || line == b"\r\n" {
+                            out.extend_from_slice(b"\r\n");
+                            i += line.len();
+                            self.in_header = false;
+                            continue;
+                        }
                     }
-                    None => {
-                        self.carry.extend_from_slice(data);
-                        return Ok(());
+                    let unquote = if self.in_header { self.unquote_header } else { self.unquote_body };
+                    if unquote && rest[0] == b'>' {
+                        i += 1;
+                        self.line = Line::Gt;
+                    } else {
+                        self.line = Line::Copy;
                     }
+                    self.prev_cr = false;
                 }
-            } else if self.in_header {
-                // The rest of a header line cut by the previous piece.
-                let upto = memchr::memchr(b'\n', data).map_or(data.len(), |i| i + 1);
-                self.copy_crlf(&data[..upto])?;
-                self.at_line_start = data[upto - 1] == b'\n';
-                data = &data[upto..];
-            } else if !self.unquote {
-                // Body, nothing to unquote: copy everything.
-                self.copy_crlf(data)?;
-                self.at_line_start = data[data.len() - 1] == b'\n';
-                return Ok(());
-            } else {
-                // Body: copy up to the next line that starts with '>'.
-                match memchr::memmem::find(data, b"\n>") {
-                    Some(i) => {
-                        self.copy_crlf(&data[..=i])?;
-                        self.at_line_start = true;
-                        data = &data[i + 1..];
+                Line::Gt => {
+                    let run = rest.iter().take_while(|&&b| b == b'>').count();
+                    out.extend_from_slice(&rest[..run]);
+                    i += run;
+                    let after = &data[i..];
+                    if after.is_empty() {
+                        // The run goes on in the next piece (or the data
+                        // ends: `finish` sends the held `>`).
+                        break;
+                    }
+                    if after.len() < 5 && !at_end && b"From "[..after.len()] == *after {
+                        return i;
+                    }
+                    if !after.starts_with(b"From ") {
+                        out.push(b'>');
+                    }
+                    self.line = Line::Copy;
+                }
+                Line::Copy => match memchr::memchr(b'\n', rest) {
+                    Some(nl) => {
+                        self.copy_crlf(&rest[..=nl], out);
+                        i += nl + 1;
+                        self.line = Line::Start;
                     }
                     None => {
-                        self.copy_crlf(data)?;
-                        self.at_line_start = data[data.len() - 1] == b'\n';
-                        return Ok(());
+                        self.copy_crlf(rest, out);
+                        i = data.len();
                     }
+                },
+                Line::Skip => {
+                    let n = memchr::memchr(b'\n', rest).map_or(rest.len(), |nl| {
+                        self.line = Line::Start;
+                        nl + 1
+                    });
+                    self.hidden += n as u64;
+                    i += n;
                 }
             }
         }
-        Ok(())
+        i
     }
 
-    fn line(&mut self, line: &[u8]) -> io::Result<()> {
-        if self.in_header {
-            if line == b"\n" || line == b"\r\n" {
-                self.in_header = false;
-            } else if line[0] != b' ' && line[0] != b'\t' && state::classify(line).is_some() {
-                // State headers are single lines: what follows folded is
-                // the message's own (see scan.rs).
-                return Ok(());
-            }
-        }
-        let line = if self.unquote && is_quoted_from(line) { &line[1..] } else { line };
-        self.copy_crlf(line)?;
-        self.at_line_start = line.last() == Some(&b'\n');
-        Ok(())
-    }
-
-    /// Writes `data` with each LF not preceded by CR written as CRLF.
-    fn copy_crlf(&mut self, data: &[u8]) -> io::Result<()> {
-        if data.is_empty() {
-            return Ok(());
-        }
-        self.obuf.reserve(data.len() + data.len() / 32 + 8);
+    /// Appends `data` with each LF not preceded by CR written as CRLF.
+    fn copy_crlf(&mut self, data: &[u8], out: &mut Vec<u8>) {
+        out.reserve(data.len() + data.len() / 32 + 2);
         let mut start = 0;
         for i in memchr::memchr_iter(b'\n', data) {
             let prev_cr = if i == 0 { self.prev_cr } else { data[i - 1] == b'\r' };
             if !prev_cr {
-                self.obuf.extend_from_slice(&data[start..i]);
-                self.obuf.extend_from_slice(b"\r\n");
+                out.extend_from_slice(&data[start..i]);
+                out.extend_from_slice(b"\r\n");
                 start = i + 1;
             }
         }
-        self.obuf.extend_from_slice(&data[start..]);
+        out.extend_from_slice(&data[start..]);
         self.prev_cr = data[data.len() - 1] == b'\r';
-        if self.obuf.len() >= OUT_CHUNK {
-            self.hand_on()?;
-        }
-        Ok(())
     }
+}
 
-    fn hand_on(&mut self) -> io::Result<()> {
-        self.out.write_all(&self.obuf)?;
-        self.written += self.obuf.len() as u64;
-        self.obuf.clear();
-        Ok(())
-    }
+/// Whether a header line is a hidden state line, decided as [`Wire`]
+/// decides it: from `line`, the line's first [`LOOKAHEAD`] bytes (or the
+/// whole line, newline included, when shorter). State headers are single
+/// lines: a line folded under one is the message's own (see scan.rs).
+pub fn is_hidden(line: &[u8]) -> bool {
+    !line.is_empty() && line[0] != b' ' && line[0] != b'\t' && state::classify(line).is_some()
+}
 
-    /// Flushes a final line without newline.
-    pub fn finish(mut self) -> io::Result<u64> {
-        if !self.carry.is_empty() {
-            let line = std::mem::take(&mut self.carry);
-            self.line(&line)?;
-        }
-        self.hand_on()?;
-        Ok(self.written)
-    }
+/// The wire form of a whole stored message (header and body in one
+/// piece, mboxrd-unquoted with `unquote`), in memory.
+pub fn served(stored: &[u8], unquote: bool) -> Vec<u8> {
+    let mut out = Vec::with_capacity(stored.len() + stored.len() / 16);
+    let mut w = Wire::new(true, unquote, unquote);
+    w.push(stored, true, &mut out);
+    w.finish(&mut out);
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn served(stored: &[u8], unquote: bool, piece: usize) -> Vec<u8> {
+    /// The wire form of `stored`, fed in pieces of `piece` bytes the way
+    /// a reader does: unconsumed bytes are given again with the next.
+    fn served_in(stored: &[u8], unquote: bool, piece: usize) -> Vec<u8> {
         let mut out = Vec::new();
-        let mut s = Served::new(&mut out, unquote, true);
-        for c in stored.chunks(piece.max(1)) {
-            s.push(c).unwrap();
+        let mut w = Wire::new(true, unquote, unquote);
+        let mut at = 0;
+        while at < stored.len() {
+            let end = (at + piece.max(1)).min(stored.len());
+            let n = w.push(&stored[at..end], end == stored.len(), &mut out);
+            assert!(n > 0 || end - at < LOOKAHEAD, "no progress at {at} with {} bytes", end - at);
+            if n == 0 {
+                // Too few bytes to decide: give more next time.
+                let more = (at + LOOKAHEAD).min(stored.len());
+                let n = w.push(&stored[at..more], more == stored.len(), &mut out);
+                at += n;
+                continue;
+            }
+            at += n;
         }
-        s.finish().unwrap();
+        w.finish(&mut out);
         out
     }
 
@@ -230,13 +307,16 @@ mod tests {
             b"From: a\r\nX-Other: 1\r\n\r\nFrom \r\n\r\n",
             b"Subject: cr\rin line\r\n\r\nbody\rwith cr\r\n",
             b"Subject: 8bit \xe9\xff\x00\r\n\r\n\x00\x01\xfe\r\n",
+            b"Subject: gt\r\n\r\n>\r\n>>\r\n>>>Fro\r\n>From\r\n>From \r\n>",
+            b">From header\r\nX: y\r\n\r\n>>>>>>>>>>>>>>>>>>>>>>>>>>>>>>From deep\r\n",
         ];
         for &c in cases {
             let st = stored(c, MboxFormat::Mboxrd);
             assert!(!st.contains(&b'\r') || c.windows(2).any(|w| w[0] == b'\r' && w[1] != b'\n'));
-            for piece in [1, 2, 3, 7, 4096] {
-                assert_eq!(served(&st, true, piece), c, "{:?} piece {piece}", String::from_utf8_lossy(c));
+            for piece in [1, 2, 3, 7, 19, 20, 21, 4096] {
+                assert_eq!(served_in(&st, true, piece), c, "{:?} piece {piece}", String::from_utf8_lossy(c));
             }
+            assert_eq!(served(&st, true), c);
         }
     }
 
@@ -249,12 +329,39 @@ mod tests {
     #[test]
     fn hides_state_headers_on_the_way_out() {
         let st = b"X-IMAPbase: 1 0000000002\nStatus: RO\nX-Status: \nX-Keywords:     \nX-UID: 1\nSubject: x\n\nbody\n";
-        assert_eq!(served(st, true, 5), b"Subject: x\r\n\r\nbody\r\n");
+        for piece in [1, 5, 20, 100] {
+            assert_eq!(served_in(st, true, piece), b"Subject: x\r\n\r\nbody\r\n");
+        }
+        // A state line that ends the data without a newline is hidden too.
+        assert_eq!(served(b"Subject: x\nX-UID: 5", true), b"Subject: x\r\n");
     }
 
     #[test]
     fn mboxo_quotes_only_from() {
         assert_eq!(stored(b"a\n\nFrom x\n>From y\n", MboxFormat::Mboxo), b"a\n\n>From x\n>From y\n");
-        assert_eq!(served(b"a\n\n>From x\n", false, 3), b"a\r\n\r\n>From x\r\n");
+        assert_eq!(served_in(b"a\n\n>From x\n", false, 3), b"a\r\n\r\n>From x\r\n");
+    }
+
+    #[test]
+    fn long_lines_hold_nothing() {
+        // A 1 MB line starting with '>' and a 1 MB header line: pushed in
+        // 4 KiB pieces, each piece is consumed whole once decided.
+        let mut st = b"X-Long: ".to_vec();
+        st.extend(std::iter::repeat_n(b'h', 1 << 20));
+        st.extend_from_slice(b"\n\n>");
+        st.extend(std::iter::repeat_n(b'>', 1 << 20));
+        st.extend_from_slice(b"From x\n");
+        let mut w = Wire::new(true, true, true);
+        let mut out = Vec::new();
+        let mut at = 0;
+        while at < st.len() {
+            let end = (at + 4096).min(st.len());
+            let n = w.push(&st[at..end], end == st.len(), &mut out);
+            assert!(n + LOOKAHEAD >= end - at, "held {} bytes back", end - at - n);
+            at += n;
+        }
+        w.finish(&mut out);
+        assert_eq!(out.len(), st.len() + 2);
+        assert!(out.ends_with(b">From x\r\n"));
     }
 }
