@@ -43,6 +43,10 @@ pub enum Pop3Error {
     Cutoff(Cutoff),
     /// The connection is gone or timed out: end the session.
     Io(io::Error),
+    /// A multi-line response was started and can't be finished as it
+    /// began (a message changed or vanished while it was being sent, see
+    /// store::reader): the session ends without another byte.
+    Cut(StoreError),
 }
 
 impl From<io::Error> for Pop3Error {
@@ -101,12 +105,14 @@ impl Pop3Error {
                 "-ERR [SYS/TEMP] Too many connections waiting to log in, try again later.".into()
             }
             Pop3Error::Io(_) => "-ERR Connection error".into(),
+            // Never sent (see the variant); for the log.
+            Pop3Error::Cut(_) => "-ERR [SYS/TEMP] Internal error; see server log.".into(),
         }
     }
 
     /// True for errors that end the session.
     pub fn is_fatal(&self) -> bool {
-        matches!(self, Pop3Error::Io(_) | Pop3Error::Cutoff(_))
+        matches!(self, Pop3Error::Io(_) | Pop3Error::Cutoff(_) | Pop3Error::Cut(_))
     }
 }
 
@@ -117,6 +123,7 @@ impl fmt::Display for Pop3Error {
             Pop3Error::Store(e) => write!(f, "store: {e}"),
             Pop3Error::Cutoff(c) => write!(f, "{c}"),
             Pop3Error::Io(e) => write!(f, "i/o: {e}"),
+            Pop3Error::Cut(e) => write!(f, "response cut short: {e}"),
             other => f.write_str(&other.wire()),
         }
     }
@@ -125,7 +132,7 @@ impl fmt::Display for Pop3Error {
 impl std::error::Error for Pop3Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            Pop3Error::Store(e) => Some(e),
+            Pop3Error::Store(e) | Pop3Error::Cut(e) => Some(e),
             Pop3Error::Io(e) => Some(e),
             _ => None,
         }

@@ -18,15 +18,21 @@ use super::reply::Pop3Error;
 use super::stuff::{DotStuffer, Enough};
 use crate::auth::{sasl, Account, AuthError};
 use crate::config::{Config, PlaintextAuth, Pop3Workaround};
+use crate::limits::REPLY_BUDGET;
 use crate::net::{Conn, LineError};
 use crate::server::Context;
 use crate::store::lock::SessionLock;
+use crate::store::reader::{self, Part, Reader};
 use crate::store::{Event, Flags, Shared, StoreError};
 
 /// RFC 2449 section 4: a command line is at most 255 octets; SASL
 /// responses (RFC 5034) may be longer. Before login the cap is
 /// [`crate::limits::PRELOGIN_LINE`], which the longest login still fits.
 const MAX_LINE: usize = 8 * 1024;
+/// What one batch of a message may add to the reply buffer: a batch may
+/// overshoot by what one read produces, and byte-stuffing and the output
+/// buffer take a little more.
+const BATCH: usize = REPLY_BUDGET - reader::SLACK;
 /// Bad commands before we hang up on a confused or hostile client.
 const MAX_BAD_COMMANDS: u32 = 20;
 
@@ -118,6 +124,10 @@ impl<'a> Session<'a> {
                 let _ = self.conn.write_all(b"\r\n");
                 let _ = self.conn.flush();
                 c.name()
+            }
+            Err(Pop3Error::Cut(e)) => {
+                warn!("{} pop3 response-cut {e}", self.sid);
+                "cut"
             }
             Err(e) => {
                 debug!("{} pop3 error {e}", self.sid);
@@ -503,7 +513,7 @@ impl<'a> Session<'a> {
             let m = self.message(n)?;
             (m.uid, m.size)
         };
-        self.send_message(n, uid, format!("+OK {size} octets\r\n"), None)?;
+        self.send_message(n, uid, size, format!("+OK {size} octets\r\n"), None)?;
         self.message(n)?.retrieved = true;
         self.stats.retr += 1;
         self.stats.retr_bytes += size;
@@ -511,48 +521,98 @@ impl<'a> Session<'a> {
     }
 
     fn cmd_top(&mut self, n: u32, lines: u32) -> Result<(), Pop3Error> {
-        let uid = self.message(n)?.uid;
-        self.send_message(n, uid, "+OK\r\n".to_string(), Some(lines))
+        let (uid, size) = {
+            let m = self.message(n)?;
+            (m.uid, m.size)
+        };
+        self.send_message(n, uid, size, "+OK\r\n".to_string(), Some(lines))
     }
 
-    /// Streams message `uid` from the store, byte-stuffed. With `top`,
-    /// the header and that many lines of the body.
-    fn send_message(&mut self, n: u32, uid: u32, prefix: String, top: Option<u32>) -> Result<(), Pop3Error> {
+    /// Streams message `uid` from the store, byte-stuffed, `size` wire
+    /// bytes of it as the maildrop listing says. With `top`, the header
+    /// and that many lines of the body.
+    ///
+    /// A batch at a time (store::reader): the mailbox's locks are held
+    /// while a batch is read, never while it is written to the client, so
+    /// a client that stops reading holds up no delivery and no other
+    /// session (DESIGN.md, "Locks are short"). Once the first byte is
+    /// out, a failure ends the session ([`Pop3Error::Cut`]).
+    fn send_message(&mut self, n: u32, uid: u32, size: u64, prefix: String, top: Option<u32>) -> Result<(), Pop3Error> {
         let no_nuls = self.config.pop3_workarounds.contains(&Pop3Workaround::OutlookNoNuls);
         let Some(shared) = self.maildrop().shared.clone() else { return Err(Pop3Error::NoSuchMessage(n)) };
-        for attempt in 0..3 {
-            let mb = shared.read();
-            let Some(i) = mb.position(uid) else { return Err(Pop3Error::Vanished(n)) };
-            let mut out = DotStuffer::new(&mut self.conn, no_nuls, prefix.clone().into_bytes());
-            let res = match top {
-                None => mb.write_message(i, &mut out).map(|_| ()),
-                Some(lines) => mb.write_header(i, &mut out).and_then(|_| {
-                    out.lines_left = Some(lines);
-                    if lines == 0 {
-                        return Ok(());
+        let mut out = DotStuffer::new(&mut self.conn, no_nuls, prefix.into_bytes());
+        let mut reader: Option<Reader> = None;
+        // The header's wire size: TOP counts lines from there on.
+        let mut hdr_left = 0u64;
+        let mut buf = Vec::new();
+        let mut changed = 0;
+        let res = loop {
+            let filled = {
+                let mb = shared.read();
+                let r = match &mut reader {
+                    Some(r) => r,
+                    None => {
+                        let Some(i) = mb.position(uid) else { break Err(Pop3Error::Vanished(n)) };
+                        let r = Reader::new(&mb, i, Part::Whole, None);
+                        if r.len() != size {
+                            break Err(StoreError::Diverged(mb.path().to_path_buf(), uid).into());
+                        }
+                        hdr_left = mb.messages()[i].hdr_size;
+                        reader.insert(r)
                     }
-                    match mb.write_body(i, &mut out) {
-                        Err(StoreError::Io(_, e)) if e.get_ref().is_some_and(|r| r.is::<Enough>()) => Ok(()),
-                        other => other.map(|_| ()),
-                    }
-                }),
+                };
+                r.fill(&mb, &mut buf, BATCH)
             };
-            match res {
-                Ok(()) => {
-                    out.finish()?;
-                    return Ok(());
+            let done = match filled {
+                Ok(done) => done,
+                Err(StoreError::Changed(_)) if changed < 3 => {
+                    // Another program changed the file since it was
+                    // indexed: index it again and go on from the place.
+                    changed += 1;
+                    if let Err(e) = shared.refresh() {
+                        break Err(e.into());
+                    }
+                    continue;
                 }
-                Err(StoreError::Changed(_)) if attempt < 2 => {
-                    // Nothing was sent yet: the file moved under us.
-                    drop(out);
-                    drop(mb);
-                    shared.refresh()?;
+                Err(e) => break Err(e.into()),
+            };
+            changed = 0;
+            let mut data = &buf[..];
+            if let Some(lines) = top {
+                let h = hdr_left.min(data.len() as u64) as usize;
+                if hdr_left > 0 {
+                    out.write_all(&data[..h])?;
+                    hdr_left -= h as u64;
+                    data = &data[h..];
+                    if hdr_left == 0 {
+                        out.lines_left = Some(lines);
+                    }
                 }
-                Err(StoreError::Io(what, e)) if what.starts_with("write") => return Err(Pop3Error::Io(e)),
+            }
+            match out.write_all(data) {
+                Ok(()) => {}
+                Err(e) if e.get_ref().is_some_and(|r| r.is::<Enough>()) => break Ok(()),
                 Err(e) => return Err(e.into()),
             }
+            buf.clear();
+            if done || (top.is_some() && hdr_left == 0 && out.lines_left == Some(0)) {
+                break Ok(());
+            }
+        };
+        match res {
+            Ok(()) => {
+                out.finish()?;
+                Ok(())
+            }
+            Err(Pop3Error::Store(e)) | Err(Pop3Error::Cut(e)) if out.started() => Err(Pop3Error::Cut(e)),
+            Err(Pop3Error::Temporary(t)) if out.started() => {
+                Err(Pop3Error::Cut(StoreError::Io(t, std::io::Error::other("temporary failure"))))
+            }
+            Err(Pop3Error::Vanished(_)) if out.started() => {
+                Err(Pop3Error::Cut(StoreError::Diverged(shared.path().to_path_buf(), uid)))
+            }
+            Err(e) => Err(e),
         }
-        Err(Pop3Error::Temporary("mailbox kept changing".into()))
     }
 
     fn cmd_dele(&mut self, n: u32) -> Result<(), Pop3Error> {

@@ -53,6 +53,12 @@ impl<'w, W: Write> DotStuffer<'w, W> {
         Ok(())
     }
 
+    /// True once the first byte (the prefix) went out: from then on the
+    /// response can only be completed or the session ended.
+    pub fn started(&self) -> bool {
+        self.prefix.is_none()
+    }
+
     /// Ends the response: CRLF if the data did not end with one, then ".".
     pub fn finish(mut self) -> io::Result<u64> {
         self.start()?;
