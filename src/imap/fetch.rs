@@ -1,11 +1,29 @@
 //! FETCH and UID FETCH (RFC 3501 §6.4.5, §7.4.2).
 //!
-//! Responses are built a batch of messages at a time under the mailbox's
-//! read lock, and written to the client after the lock is let go, so a
-//! slow reader never holds up the MTA or other sessions for long. A
-//! message's bytes are read once per message, and only when an item
-//! needs them: FLAGS, UID, sizes and dates come from the index; ENVELOPE
-//! reads only the header; `BODY[]` streams from the file.
+//! The reply is made a batch at a time under the mailbox's read locks
+//! (the registry's and the fcntl lock on the file) and written to the
+//! client after they are let go, so a client that stops reading holds up
+//! no delivery and no other session (DESIGN.md, "Locks are short"). A
+//! batch ends when the reply buffer holds about [`REPLY_BUDGET`] bytes,
+//! in the middle of a literal if need be: message bytes come from the
+//! file through [`store::reader`](crate::store::reader), which finds its
+//! place again in the next batch however the file moved meanwhile. A
+//! reply that fits the budget goes out in one write.
+//!
+//! Memory per session, whatever the items and the message sizes: the
+//! reply buffer (the budget and at most `reader::SLACK` more), the
+//! reader's chunk, and, for the items that need the message parsed
+//! (BODY, BODYSTRUCTURE, ENVELOPE, BODY[TEXT], sections with part numbers
+//! or HEADER.FIELDS), one copy of one message, or of its header for
+//! ENVELOPE. That copy is read in batches too, kept while that message's
+//! items are answered, however many ask for it, and dropped before the
+//! next message. FLAGS, UID, sizes and dates come from the index.
+//!
+//! A literal's length, once announced, binds: if its message vanishes or
+//! changes while it is sent (`StoreError::Diverged`), or the file can't
+//! be read, the session ends without another byte ([`ImapError::Cut`]).
+//! An error before any of a message's response left the buffer drops
+//! that response and answers NO.
 
 use std::borrow::Cow;
 use std::io::Write;
@@ -13,62 +31,337 @@ use std::sync::Arc;
 
 use super::command::{FetchAttr, Partial, Section, SectionText, SequenceSet};
 use super::mime;
-use super::response::{self, ImapError};
+use super::response::ImapError;
 use super::selected::Selected;
-use super::session::{Done, Session, State};
+use super::session::{Done, Session, State, Stats};
+use crate::limits::REPLY_BUDGET;
+use crate::store::reader::{self, Part, Reader};
 use crate::store::{from_line, Event, Flags, Mailbox, StoreError};
 
-/// A batch is written out when it grows past this (one message may
-/// make it larger).
-const BATCH_BYTES: usize = 1 << 20;
+/// What one batch may add to the reply buffer (a read of the file may go
+/// past it by `reader::SLACK`), and what it may read into a copy.
+const BATCH: usize = REPLY_BUDGET - reader::SLACK;
 
-/// What FETCH needs of a message beyond the index.
-struct Loaded {
+/// Where the bytes of the literal being sent come from.
+enum Source {
+    /// The file, a batch at a time.
+    File(Reader),
+    /// `full[at..end]` of the copy of the message.
+    Full { at: usize, end: usize },
+    /// `header[at..end]` of the copy of the header.
+    Header { at: usize, end: usize },
+    /// Bytes of their own (HEADER.FIELDS).
+    Own { bytes: Vec<u8>, at: usize },
+}
+
+/// A copy of the message (`full`) or of its header being read.
+struct Loading {
+    reader: Reader,
+    into: Vec<u8>,
+    full: bool,
+}
+
+/// What an item needs in memory before it can be answered.
+#[derive(PartialEq)]
+enum Need {
+    Nothing,
+    Header,
+    Full,
+}
+
+fn need(item: &FetchAttr) -> Need {
+    match item {
+        FetchAttr::Envelope => Need::Header,
+        FetchAttr::Body | FetchAttr::BodyStructure => Need::Full,
+        FetchAttr::Section { section, .. } => {
+            if section.part.is_empty() && matches!(section.text, None | Some(SectionText::Header)) {
+                Need::Nothing
+            } else {
+                Need::Full
+            }
+        }
+        _ => Need::Nothing,
+    }
+}
+
+/// The response for one message, while it is being made.
+struct Open {
+    /// Its index in the targets.
+    t: usize,
+    /// The item being answered; `items.len()` for the closing parenthesis.
+    item: usize,
+    /// No item written yet (no separator before the next).
+    first: bool,
+    /// Where the response starts in the reply buffer, while all of it is
+    /// still there (nothing of it written to the client).
+    start: Option<usize>,
+    source: Option<Source>,
+    loading: Option<Loading>,
     header: Option<Vec<u8>>,
     full: Option<Vec<u8>>,
 }
 
-impl Loaded {
-    fn header<'m>(&'m mut self, mb: &Mailbox, i: usize) -> Result<&'m [u8], StoreError> {
-        if let Some(f) = &self.full {
-            let n = (mb.messages()[i].hdr_size as usize).min(f.len());
-            return Ok(&f[..n]);
+impl Open {
+    /// The header as the message copy or the header copy has it.
+    fn header_bytes(&self, hdr_size: u64) -> &[u8] {
+        match (&self.full, &self.header) {
+            (Some(f), _) => &f[..(hdr_size as usize).min(f.len())],
+            (None, Some(h)) => h,
+            (None, None) => &[],
         }
-        if self.header.is_none() {
-            let mut v = Vec::with_capacity(mb.messages()[i].hdr_size as usize);
-            mb.write_header(i, &mut v)?;
-            self.header = Some(v);
-        }
-        Ok(self.header.as_deref().unwrap_or_default())
     }
 
-    fn full<'m>(&'m mut self, mb: &Mailbox, i: usize) -> Result<&'m [u8], StoreError> {
-        if self.full.is_none() {
-            self.full = Some(mb.message_bytes(i)?);
-        }
-        Ok(self.full.as_deref().unwrap_or_default())
+    /// Starts the literal of `part` (with `range`) of message `i`: its
+    /// length to `out`, its bytes from a copy in memory if there is one,
+    /// else from the file.
+    fn literal(&mut self, mb: &Mailbox, i: usize, part: Part, range: Option<Partial>, out: &mut Vec<u8>) {
+        let m = &mb.messages()[i];
+        let cut = |start: usize, end: usize| match range {
+            None => (start, end),
+            Some(p) => {
+                let s = (start + p.origin as usize).min(end);
+                (s, s.saturating_add(p.count as usize).min(end))
+            }
+        };
+        let source = if let Some(f) = &self.full {
+            let h = (m.hdr_size as usize).min(f.len());
+            let (at, end) = match part {
+                Part::Whole => cut(0, f.len()),
+                Part::Header => cut(0, h),
+                Part::Text => cut(h, f.len()),
+            };
+            write_len(out, end - at);
+            Source::Full { at, end }
+        } else if let (Part::Header, Some(h)) = (part, &self.header) {
+            let (at, end) = cut(0, h.len());
+            write_len(out, end - at);
+            Source::Header { at, end }
+        } else {
+            let r = Reader::new(mb, i, part, range.map(|p| (u64::from(p.origin), u64::from(p.count))));
+            write_len(out, r.len() as usize);
+            Source::File(r)
+        };
+        self.source = Some(source);
     }
 }
 
-/// Writes to a byte buffer replacing NUL with 0x80 (no NUL may appear in
-/// a literal, RFC 3501 §4.3), keeping the length.
-struct NoNul<'a>(&'a mut Vec<u8>);
+fn write_len(out: &mut Vec<u8>, n: usize) {
+    out.push(b'{');
+    out.extend_from_slice(n.to_string().as_bytes());
+    out.extend_from_slice(b"}\r\n");
+}
 
-impl Write for NoNul<'_> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let start = self.0.len();
-        self.0.extend_from_slice(buf);
-        let tail = &mut self.0[start..];
-        let mut from = 0;
-        while let Some(p) = memchr::memchr(0, &tail[from..]) {
-            tail[from + p] = 0x80;
-            from += p + 1;
+/// What a FETCH asks, fixed for the whole reply.
+struct Ask<'a> {
+    sel: &'a Selected,
+    /// (sequence number, UID) of each message, in order.
+    targets: &'a [(u32, u32)],
+    items: &'a [FetchAttr],
+    /// UIDs that this FETCH set \Seen on, ascending.
+    seen_now: &'a [u32],
+    /// Add FLAGS to the responses of those (RFC 3501 §6.4.5).
+    add_flags: bool,
+}
+
+/// Where the reply is, between batches.
+#[derive(Default)]
+struct Cursor {
+    /// The next target to open.
+    next: usize,
+    open: Option<Open>,
+    /// A message number named a message that is gone.
+    missing: bool,
+}
+
+impl Cursor {
+    /// Adds the next batch to `out`, under the locks the caller holds.
+    /// True when the reply is complete.
+    fn produce(&mut self, ask: &Ask, mb: &Mailbox, out: &mut Vec<u8>, stats: &mut Stats) -> Result<bool, StoreError> {
+        // Bytes read from the file in this batch, into `out` or a copy.
+        let mut work = 0usize;
+        loop {
+            if out.len() >= BATCH || work >= BATCH {
+                return Ok(false);
+            }
+            let room = BATCH - out.len().max(work);
+            let Some(o) = &mut self.open else {
+                let Some(&(seq, u)) = ask.targets.get(self.next) else { return Ok(true) };
+                self.next += 1;
+                let Some(i) = mb.position(u) else {
+                    self.missing = true;
+                    continue;
+                };
+                let start = out.len();
+                write!(out, "* {seq} FETCH (").map_err(io)?;
+                let with_flags = ask.add_flags && ask.seen_now.binary_search(&u).is_ok();
+                if with_flags {
+                    write!(out, "FLAGS ({})", ask.sel.flags_of(mb, &mb.messages()[i])).map_err(io)?;
+                }
+                self.open = Some(Open {
+                    t: self.next - 1,
+                    item: 0,
+                    first: !with_flags,
+                    start: Some(start),
+                    source: None,
+                    loading: None,
+                    header: None,
+                    full: None,
+                });
+                continue;
+            };
+            let u = ask.targets[o.t].1;
+            if let Some(l) = &mut o.loading {
+                let before = l.into.len();
+                let done = l.reader.fill(mb, &mut l.into, room)?;
+                work += l.into.len() - before;
+                if done {
+                    let Loading { into, full, .. } = o.loading.take().expect("loading");
+                    if full {
+                        o.full = Some(into);
+                        o.header = None;
+                    } else {
+                        o.header = Some(into);
+                    }
+                }
+                continue;
+            }
+            if let Some(src) = &mut o.source {
+                let from = out.len();
+                let done = match src {
+                    Source::File(r) => r.fill(mb, out, room)?,
+                    Source::Full { at, end } => copy_out(o.full.as_deref(), at, *end, room, out),
+                    Source::Header { at, end } => copy_out(o.header.as_deref(), at, *end, room, out),
+                    Source::Own { bytes, at } => {
+                        let n = room.min(bytes.len() - *at);
+                        out.extend_from_slice(&bytes[*at..*at + n]);
+                        *at += n;
+                        *at == bytes.len()
+                    }
+                };
+                no_nul(&mut out[from..]);
+                work += out.len() - from;
+                stats.fetched_bytes += (out.len() - from) as u64;
+                if done {
+                    o.source = None;
+                    o.item += 1;
+                }
+                continue;
+            }
+            // The message, found again: the index may have changed since
+            // the last batch.
+            let Some(i) = mb.position(u) else { return Err(StoreError::Diverged(mb.path().to_path_buf(), u)) };
+            let Some(item) = ask.items.get(o.item) else {
+                out.extend_from_slice(b")\r\n");
+                self.open = None;
+                stats.fetched += 1;
+                continue;
+            };
+            let m = &mb.messages()[i];
+            match need(item) {
+                Need::Full if o.full.is_none() => {
+                    let reader = Reader::new(mb, i, Part::Whole, None);
+                    o.loading = Some(Loading { into: Vec::with_capacity(reader.len() as usize), reader, full: true });
+                    continue;
+                }
+                Need::Header if o.full.is_none() && o.header.is_none() => {
+                    let reader = Reader::new(mb, i, Part::Header, None);
+                    o.loading = Some(Loading { into: Vec::with_capacity(reader.len() as usize), reader, full: false });
+                    continue;
+                }
+                _ => {}
+            }
+            if !std::mem::take(&mut o.first) {
+                out.push(b' ');
+            }
+            match item {
+                FetchAttr::Uid => write!(out, "UID {}", m.uid).map_err(io)?,
+                FetchAttr::Flags => write!(out, "FLAGS ({})", ask.sel.flags_of(mb, m)).map_err(io)?,
+                FetchAttr::InternalDate => write!(out, "INTERNALDATE \"{}\"", internal_date(m.date)).map_err(io)?,
+                FetchAttr::Rfc822Size => write!(out, "RFC822.SIZE {}", m.size).map_err(io)?,
+                FetchAttr::Envelope => {
+                    out.extend_from_slice(b"ENVELOPE ");
+                    mime::envelope(o.header_bytes(m.hdr_size), out);
+                }
+                FetchAttr::Body | FetchAttr::BodyStructure => {
+                    let ext = matches!(item, FetchAttr::BodyStructure);
+                    out.extend_from_slice(if ext { b"BODYSTRUCTURE " } else { b"BODY " });
+                    mime::body_structure(o.full.as_deref().unwrap_or_default(), ext, out);
+                }
+                FetchAttr::Rfc822 => {
+                    out.extend_from_slice(b"RFC822 ");
+                    o.literal(mb, i, Part::Whole, None, out);
+                }
+                FetchAttr::Rfc822Header => {
+                    out.extend_from_slice(b"RFC822.HEADER ");
+                    o.literal(mb, i, Part::Header, None, out);
+                }
+                FetchAttr::Rfc822Text => {
+                    out.extend_from_slice(b"RFC822.TEXT ");
+                    o.literal(mb, i, Part::Text, None, out);
+                }
+                FetchAttr::Section { section, partial, .. } => {
+                    out.extend_from_slice(section_name(section, *partial).as_bytes());
+                    out.push(b' ');
+                    if need(item) == Need::Nothing {
+                        let part = if section.text.is_none() { Part::Whole } else { Part::Header };
+                        o.literal(mb, i, part, *partial, out);
+                    } else {
+                        let f = o.full.as_deref().unwrap_or_default();
+                        o.source = Some(match mime::section(f, &section.part, section.text.as_ref()) {
+                            // A part that isn't there: an empty literal, as
+                            // other servers answer (RFC 3501 leaves it open).
+                            None => {
+                                write_len(out, 0);
+                                Source::Own { bytes: Vec::new(), at: 0 }
+                            }
+                            Some(Cow::Borrowed(b)) => {
+                                let b = cut(b, *partial);
+                                // A slice of the copy: sent from there.
+                                let at = b.as_ptr() as usize - f.as_ptr() as usize;
+                                write_len(out, b.len());
+                                Source::Full { at, end: at + b.len() }
+                            }
+                            Some(Cow::Owned(v)) => {
+                                let b = cut(&v, *partial).to_vec();
+                                write_len(out, b.len());
+                                Source::Own { bytes: b, at: 0 }
+                            }
+                        });
+                    }
+                }
+            }
+            if o.source.is_none() {
+                o.item += 1;
+            }
         }
-        Ok(buf.len())
     }
 
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
+    /// The batch in `out` is about to be written: the open response no
+    /// longer lies whole in the buffer.
+    fn written(&mut self) {
+        if let Some(o) = &mut self.open {
+            o.start = None;
+        }
+    }
+}
+
+/// Copies up to `room` bytes of `bytes[*at..end]` to `out`; true when
+/// all of it is out.
+fn copy_out(bytes: Option<&[u8]>, at: &mut usize, end: usize, room: usize, out: &mut Vec<u8>) -> bool {
+    let bytes = bytes.unwrap_or_default();
+    let n = room.min(end - *at);
+    out.extend_from_slice(&bytes[*at..*at + n]);
+    *at += n;
+    *at == end
+}
+
+/// NUL may not appear in a literal (RFC 3501 §4.3): sent as 0x80, as
+/// other servers do, which keeps the length.
+fn no_nul(b: &mut [u8]) {
+    let mut from = 0;
+    while let Some(p) = memchr::memchr(0, &b[from..]) {
+        b[from + p] = 0x80;
+        from += p + 1;
     }
 }
 
@@ -185,160 +478,64 @@ impl Session<'_> {
             drop(mb);
         }
         let add_flags = !seen_now.is_empty() && !items.contains(&FetchAttr::Flags);
-        let mut missing = false;
+        let ask = Ask { sel, targets: &targets, items: &items, seen_now: &seen_now, add_flags };
+        let mut cur = Cursor::default();
         let mut buf: Vec<u8> = Vec::new();
-        let mut next = 0;
-        let mut retried = false;
-        while next < targets.len() {
-            let batch_start = next;
+        let mut changed = 0;
+        loop {
             let res = {
                 let mb = shared.read();
-                mb.reading(|| {
-                    while next < targets.len() && buf.len() < BATCH_BYTES {
-                        let (seq, u) = targets[next];
-                        next += 1;
-                        let Some(i) = mb.position(u) else {
-                            missing = true;
-                            continue;
-                        };
-                        let with_flags = add_flags && seen_now.binary_search(&u).is_ok();
-                        let bytes = write_one(&mut buf, sel, &mb, i, seq, &items, with_flags)?;
-                        self.stats.fetched += 1;
-                        self.stats.fetched_bytes += bytes;
-                    }
-                    Ok(())
-                })
+                mb.reading(|| cur.produce(&ask, &mb, &mut buf, &mut self.stats))
             };
-            match res {
-                // Another program rewrote the file since we looked: look
-                // again (once) and redo this batch.
-                Err(StoreError::Changed(_)) if !retried => {
-                    retried = true;
-                    shared.refresh()?;
-                    next = batch_start;
-                    buf.clear();
-                    continue;
+            let res = match res {
+                // Another program changed the file since it was indexed:
+                // index it again and go on from the same place.
+                Err(StoreError::Changed(_)) if changed < 3 => {
+                    changed += 1;
+                    shared.refresh().map(|_| None)
                 }
-                other => other?,
+                other => other.map(Some),
+            };
+            let done = match res {
+                Ok(Some(done)) => {
+                    changed = 0;
+                    done
+                }
+                Ok(None) => continue,
+                Err(e) => {
+                    // What is complete goes out; the open response goes
+                    // only if some of it went already, and then the
+                    // session ends.
+                    let partly_sent = match &cur.open {
+                        Some(o) => match o.start {
+                            Some(k) => {
+                                buf.truncate(k);
+                                false
+                            }
+                            None => true,
+                        },
+                        None => false,
+                    };
+                    self.conn.write_all(&buf)?;
+                    return Err(if partly_sent { ImapError::Cut(e) } else { e.into() });
+                }
+            };
+            if !buf.is_empty() {
+                self.conn.write_all(&buf)?;
+                buf.clear();
+                cur.written();
             }
-            self.conn.write_all(&buf)?;
-            buf.clear();
+            if done {
+                break;
+            }
         }
         // A UID that is gone is simply not there; a message number the
         // client still holds for an expunged message gets RFC 5530's code.
-        if missing && !uid {
+        if cur.missing && !uid {
             return Err(ImapError::No(Some("EXPUNGEISSUED"), "Some of the requested messages no longer exist.".into()));
         }
         Ok("Fetch completed.".into())
     }
-}
-
-/// One `* n FETCH (...)` response. Returns the body bytes sent.
-fn write_one(
-    out: &mut Vec<u8>,
-    sel: &Selected,
-    mb: &Mailbox,
-    i: usize,
-    seq: u32,
-    items: &[FetchAttr],
-    with_flags: bool,
-) -> Result<u64, StoreError> {
-    let m = &mb.messages()[i];
-    let mut loaded = Loaded { header: None, full: None };
-    let mut sent = 0u64;
-    write!(out, "* {seq} FETCH (").map_err(io)?;
-    let mut first = true;
-    let mut sep = |out: &mut Vec<u8>| {
-        if !first {
-            out.push(b' ');
-        }
-        first = false;
-    };
-    if with_flags {
-        sep(out);
-        write!(out, "FLAGS ({})", sel.flags_of(mb, m)).map_err(io)?;
-    }
-    for item in items {
-        sep(out);
-        match item {
-            FetchAttr::Uid => write!(out, "UID {}", m.uid).map_err(io)?,
-            FetchAttr::Flags => write!(out, "FLAGS ({})", sel.flags_of(mb, m)).map_err(io)?,
-            FetchAttr::InternalDate => write!(out, "INTERNALDATE \"{}\"", internal_date(m.date)).map_err(io)?,
-            FetchAttr::Rfc822Size => write!(out, "RFC822.SIZE {}", m.size).map_err(io)?,
-            FetchAttr::Envelope => {
-                out.extend_from_slice(b"ENVELOPE ");
-                let h = loaded.header(mb, i)?;
-                mime::envelope(h, out);
-            }
-            FetchAttr::Body | FetchAttr::BodyStructure => {
-                let ext = matches!(item, FetchAttr::BodyStructure);
-                out.extend_from_slice(if ext { b"BODYSTRUCTURE " } else { b"BODY " });
-                let f = loaded.full(mb, i)?;
-                mime::body_structure(f, ext, out);
-            }
-            FetchAttr::Rfc822 => {
-                write!(out, "RFC822 {{{}}}\r\n", m.size).map_err(io)?;
-                sent += stream_whole(out, mb, i, &mut loaded)?;
-            }
-            FetchAttr::Rfc822Header => {
-                let h = loaded.header(mb, i)?;
-                out.extend_from_slice(b"RFC822.HEADER ");
-                response::literal(out, h);
-                sent += h.len() as u64;
-            }
-            FetchAttr::Rfc822Text => {
-                let f = loaded.full(mb, i)?;
-                let body = &f[(m.hdr_size as usize).min(f.len())..];
-                out.extend_from_slice(b"RFC822.TEXT ");
-                response::literal(out, body);
-                sent += body.len() as u64;
-            }
-            FetchAttr::Section { section, partial, .. } => {
-                out.extend_from_slice(section_name(section, *partial).as_bytes());
-                out.push(b' ');
-                if section.part.is_empty() && section.text.is_none() && partial.is_none() {
-                    write!(out, "{{{}}}\r\n", m.size).map_err(io)?;
-                    sent += stream_whole(out, mb, i, &mut loaded)?;
-                    continue;
-                }
-                let bytes: Option<Cow<[u8]>> = if section.part.is_empty() && section.text == Some(SectionText::Header) {
-                    Some(Cow::Borrowed(loaded.header(mb, i)?))
-                } else {
-                    let f = loaded.full(mb, i)?;
-                    mime::section(f, &section.part, section.text.as_ref())
-                };
-                match bytes {
-                    // A part that isn't there: an empty literal, as other
-                    // servers answer (RFC 3501 leaves it open).
-                    None => out.extend_from_slice(b"{0}\r\n"),
-                    Some(b) => {
-                        let b = cut(&b, *partial);
-                        response::literal(out, b);
-                        sent += b.len() as u64;
-                    }
-                }
-            }
-        }
-    }
-    out.extend_from_slice(b")\r\n");
-    Ok(sent)
-}
-
-/// The whole message into the response, from memory if it was read for
-/// another item, else straight from the file.
-fn stream_whole(out: &mut Vec<u8>, mb: &Mailbox, i: usize, loaded: &mut Loaded) -> Result<u64, StoreError> {
-    if let Some(f) = &loaded.full {
-        NoNul(out).write_all(f).map_err(io)?;
-        return Ok(f.len() as u64);
-    }
-    let n = mb.write_message(i, &mut NoNul(out))?;
-    let want = mb.messages()[i].size;
-    if n != want {
-        // The literal's length was announced: never send a different
-        // number of bytes.
-        return Err(StoreError::Changed(mb.path().to_path_buf()));
-    }
-    Ok(n)
 }
 
 fn io(e: std::io::Error) -> StoreError {
@@ -362,8 +559,8 @@ mod tests {
         assert_eq!(section_name(&Section { part: vec![3], text: Some(SectionText::Mime) }, None), "BODY[3.MIME]");
         assert_eq!(cut(b"hello", Some(Partial { origin: 1, count: 3 })), b"ell");
         assert_eq!(cut(b"hello", Some(Partial { origin: 9, count: 3 })), b"");
-        let mut v = Vec::new();
-        NoNul(&mut v).write_all(b"a\0b\0").unwrap();
+        let mut v = b"a\0b\0".to_vec();
+        no_nul(&mut v);
         assert_eq!(v, b"a\x80b\x80");
     }
 }

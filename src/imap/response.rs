@@ -31,6 +31,10 @@ pub enum ImapError {
     LiteralTooBig { size: u64, limit: u64, before_login: bool, sync: bool },
     /// The connection is gone.
     Io(io::Error),
+    /// A response was partly sent and can't be finished as it began (a
+    /// literal's length was announced, see store::reader): the session
+    /// ends at once, without another byte, not even a BYE.
+    Cut(StoreError),
 }
 
 impl ImapError {
@@ -44,7 +48,7 @@ impl ImapError {
 
     /// True when the session ends after this.
     pub fn is_fatal(&self) -> bool {
-        matches!(self, ImapError::Bye(_) | ImapError::Cutoff(_) | ImapError::Io(_))
+        matches!(self, ImapError::Bye(_) | ImapError::Cutoff(_) | ImapError::Io(_) | ImapError::Cut(_))
             || matches!(self, ImapError::LiteralTooBig { sync: false, .. })
     }
 
@@ -67,6 +71,8 @@ impl ImapError {
                 format!("{tag} NO [TOOBIG] Literal of {size} bytes is larger than the limit of {limit}{when}.")
             }
             ImapError::Io(_) => "* BYE Connection error".to_string(),
+            // Never sent (see the variant); for the log.
+            ImapError::Cut(_) => "* BYE Internal error; see server log.".to_string(),
         }
     }
 }
@@ -108,6 +114,7 @@ impl fmt::Display for ImapError {
             ImapError::LiteralTooBig { size, limit, .. } => write!(f, "literal of {size} bytes over {limit}"),
             ImapError::Store(e) => write!(f, "{e}"),
             ImapError::Io(e) => write!(f, "{e}"),
+            ImapError::Cut(e) => write!(f, "response cut short: {e}"),
         }
     }
 }
@@ -115,7 +122,7 @@ impl fmt::Display for ImapError {
 impl std::error::Error for ImapError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            ImapError::Store(e) => Some(e),
+            ImapError::Store(e) | ImapError::Cut(e) => Some(e),
             ImapError::Io(e) => Some(e),
             _ => None,
         }

@@ -133,6 +133,10 @@ impl<'a> Session<'a> {
                     _ => "literal-too-big",
                 }
             }
+            Err(ImapError::Cut(e)) => {
+                warn!("{} imap response-cut {e}", self.sid);
+                "cut"
+            }
             Err(e) => {
                 debug!("{} imap error {e}", self.sid);
                 "error"
