@@ -113,6 +113,97 @@ pub fn message_for(id: &str) -> Vec<u8> {
     m
 }
 
+/// A message of about `bytes` octets, CRLF line ends, with Message-ID
+/// `<id@postroom.test>`: lines of every length up to RFC 5322's 998, some
+/// starting with "." (byte-stuffed by POP3), "From " and ">From " (quoted
+/// in the mbox), and a NUL-free mix of 8-bit text.
+pub fn large_message(id: &str, bytes: usize) -> Vec<u8> {
+    let mut m = format!(
+        "From: big@example.org\r\nTo: alice@example.org\r\nSubject: large {id}\r\nMessage-ID: <{id}@postroom.test>\r\n\r\n"
+    )
+    .into_bytes();
+    let mut i = 0usize;
+    while m.len() < bytes {
+        let start: &[u8] = match i % 13 {
+            0 => b".",
+            3 => b"From ",
+            5 => b">From ",
+            7 => b"..",
+            _ => b"",
+        };
+        m.extend_from_slice(start);
+        let len = (i * 37) % (999 - start.len());
+        m.extend((0..len).map(|j| b"abcdefghijklmnopqrstuvwxyz0123456789 \xe9"[(i + j) % 38]));
+        m.extend_from_slice(b"\r\n");
+        i += 1;
+    }
+    m
+}
+
+/// What POP3 TOP sends of `m` (CRLF line ends): the header, the blank
+/// line and the first `lines` lines of the body.
+pub fn top_of(m: &[u8], lines: usize) -> Vec<u8> {
+    let split = m.windows(4).position(|w| w == b"\r\n\r\n").map_or(m.len(), |p| p + 4);
+    let mut out = m[..split].to_vec();
+    for l in m[split..].split_inclusive(|&b| b == b'\n').take(lines) {
+        out.extend_from_slice(l);
+    }
+    out
+}
+
+/// Appends a message to `mbox` as Postfix local does: the dotlock
+/// `<mbox>.lock` (made with O_EXCL), then a POSIX fcntl write lock on the
+/// file, then a `From ` line, `content` (LF line ends, no line starting
+/// with `From `) and the blank line that separates it, fsync, unlock.
+/// Gives up when a lock is not had within `wait`.
+pub fn mta_append(mbox: &Path, sender: &str, content: &[u8], wait: std::time::Duration) -> Result<(), String> {
+    use std::io::Write;
+    use std::os::fd::AsRawFd;
+    let deadline = std::time::Instant::now() + wait;
+    let mut dot = mbox.as_os_str().to_owned();
+    dot.push(".lock");
+    let dot = PathBuf::from(dot);
+    loop {
+        match std::fs::OpenOptions::new().write(true).create_new(true).open(&dot) {
+            Ok(mut f) => {
+                writeln!(f, "{}", std::process::id()).unwrap();
+                break;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            Err(e) => return Err(format!("dotlock {}: {e}", dot.display())),
+        }
+    }
+    let result = (|| {
+        let mut f = std::fs::OpenOptions::new().append(true).open(mbox).map_err(|e| e.to_string())?;
+        // SAFETY: flock is plain data; fcntl reads the struct we pass.
+        let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+        fl.l_type = libc::F_WRLCK as libc::c_short;
+        fl.l_whence = libc::SEEK_SET as libc::c_short;
+        loop {
+            if unsafe { libc::fcntl(f.as_raw_fd(), libc::F_SETLK, &fl) } == 0 {
+                break;
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(format!("fcntl write lock on {}: still held by another after {wait:?}", mbox.display()));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let mut data = postroom::store::from_line::format(sender, 1_700_000_000).into_bytes();
+        data.push(b'\n');
+        data.extend_from_slice(content);
+        data.push(b'\n');
+        f.write_all(&data).map_err(|e| e.to_string())?;
+        f.sync_data().map_err(|e| e.to_string())?;
+        fl.l_type = libc::F_UNLCK as libc::c_short;
+        unsafe { libc::fcntl(f.as_raw_fd(), libc::F_SETLK, &fl) };
+        Ok(())
+    })();
+    std::fs::remove_file(&dot).map_err(|e| e.to_string())?;
+    result
+}
+
 /// The Message-ID of a message made by [`message_for`].
 pub fn id_of(bytes: &[u8]) -> Option<String> {
     let text = String::from_utf8_lossy(bytes);

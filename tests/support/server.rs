@@ -110,6 +110,55 @@ impl Server {
     pub fn spool(&self, user: &str) -> PathBuf {
         self.dir.join("spool").join(user)
     }
+
+    /// A field of /proc/<pid>/status in KiB (`VmRSS`, `VmHWM`).
+    pub fn vm_kib(&self, field: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let line = status.lines().find(|l| l.starts_with(&format!("{field}:"))).unwrap_or_else(|| panic!("no {field}"));
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
+
+    /// Resets the server's peak resident size (VmHWM) to its current
+    /// one (proc(5), clear_refs: 5), so that VmHWM read later is the peak
+    /// of what happened in between.
+    pub fn reset_peak(&self) {
+        std::fs::write(format!("/proc/{}/clear_refs", self.child.id()), "5").expect("reset VmHWM");
+    }
+}
+
+/// A connection to 127.0.0.1:`port` whose receive buffer is `rcvbuf`
+/// bytes, set before connecting so that the window is small from the
+/// first byte: a client that stops reading stalls the server's writes
+/// after little data, as a client on a bad link does.
+pub fn connect_small(port: u16, rcvbuf: i32) -> TcpStream {
+    use std::os::fd::FromRawFd;
+    // SAFETY: plain socket calls on a descriptor we own; the structs are
+    // plain data that outlive the calls.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        let rc = libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&rcvbuf as *const i32).cast(),
+            std::mem::size_of::<i32>() as libc::socklen_t,
+        );
+        assert_eq!(rc, 0, "SO_RCVBUF: {}", std::io::Error::last_os_error());
+        let mut sa: libc::sockaddr_in = std::mem::zeroed();
+        sa.sin_family = libc::AF_INET as libc::sa_family_t;
+        sa.sin_port = port.to_be();
+        sa.sin_addr.s_addr = u32::from(std::net::Ipv4Addr::LOCALHOST).to_be();
+        let rc = libc::connect(
+            fd,
+            (&sa as *const libc::sockaddr_in).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        );
+        assert_eq!(rc, 0, "connect: {}", std::io::Error::last_os_error());
+        let s = TcpStream::from_raw_fd(fd);
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        s
+    }
 }
 
 /// The `server listening protocol=P address=A:PORT` lines of a log.
