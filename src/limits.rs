@@ -50,6 +50,18 @@ pub const PRELOGIN_LITERALS: u64 = 2048;
 /// data it announces: slower than a 9600 bit/s modem, so an upload that
 /// keeps moving is never cut off, while one that crawls forever ends.
 pub const MIN_LITERAL_RATE: u64 = 1024;
+
+/// RFC 3501 §6.3.8 and RFC 9051 §6.3.9 set no length on a LIST pattern.
+/// A mailbox name is at most 1024 bytes (store::names::MAX_NAME_BYTES;
+/// its modified UTF-7 form a little more), so a pattern, reference
+/// included, four times that long names nothing a client means.
+pub const LIST_PATTERN_MAX_BYTES: usize = 4096;
+
+/// Wildcards (`*`, `%`) in one LIST pattern: a `%` for every level of
+/// the deepest hierarchy (32, store::names::MAX_DEPTH) twice over. The
+/// matcher's work is the length of a name times their number.
+pub const LIST_PATTERN_MAX_WILDCARDS: usize = 64;
+
 /// What one session holds of a reply at a time, whatever the size of the
 /// message or the number of items asked for: replies are produced in
 /// batches of at most this much and written out between them (RFC 3501

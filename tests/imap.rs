@@ -800,3 +800,74 @@ fn first_logins_at_once_subscribe_every_special_use_folder() {
     lines.sort();
     assert_eq!(lines, ["Archive", "Drafts", "Junk", "Sent", "Trash"].map(|f| format!("* LSUB () \"/\" {f}")).to_vec());
 }
+
+/// The finding: `LIST "" {1048576}` with a 1 MB pattern cost 14 s of CPU
+/// (the matcher's work grew with pattern length times name length, for
+/// every name). A pattern over the limit is refused with `NO [LIMIT]`;
+/// a pattern of many wildcards against long names is answered, right.
+#[test]
+fn list_with_a_huge_or_pathological_pattern_is_answered() {
+    let t = Tmp::new();
+    let s = server_with(&t, &[], "special-use none\n");
+    let mut a = s.imap("alice");
+    // Long names (each component at most 200 bytes), some nested.
+    let long = "a".repeat(199);
+    let names = [
+        format!("{long}b"),
+        format!("{long}a"),
+        format!("{long}/{long}b"),
+        format!("{long}/{long}/{long}/{long}b"),
+        "short".to_string(),
+    ];
+    for n in &names {
+        a.cmd(&format!("CREATE {n}")).assert_ok();
+    }
+    // A 1 MB literal pattern, then one just over the limit, made of
+    // wildcards and letters: both refused, the session goes on.
+    for pattern in ["*a".repeat(512 << 10), "a".repeat(postroom::limits::LIST_PATTERN_MAX_BYTES + 1)] {
+        let tag = a.next_tag();
+        a.send(format!("{tag} LIST \"\" {{{}}}\r\n", pattern.len()).as_bytes());
+        assert!(a.line().starts_with('+'), "no continuation for the literal");
+        a.send(pattern.as_bytes());
+        a.send(b"\r\n");
+        let r = a.read_until_tagged(&tag);
+        assert_eq!(r.status, "NO [LIMIT] Mailbox pattern too long.");
+        assert_eq!(r.text(), "");
+    }
+    let too_many = "*".repeat(postroom::limits::LIST_PATTERN_MAX_WILDCARDS + 1);
+    let r = a.cmd(&format!("LIST \"\" \"{too_many}\""));
+    assert_eq!(r.status, "NO [LIMIT] Too many wildcards in the mailbox pattern.");
+    // Many wildcards, at the limit: a matcher that backtracks would try
+    // every way of splitting 800 bytes among them. `%` stays within one
+    // level, `*` does not. The parents the nested names made are folders
+    // too (`long` is one, a `\Noselect` one).
+    let half = postroom::limits::LIST_PATTERN_MAX_WILDCARDS / 2;
+    let stars_a = "*a".repeat(half);
+    let pct_a = "%a".repeat(half);
+    let listed = |r: &support::server::Resp| -> Vec<String> {
+        r.assert_ok();
+        let mut v: Vec<String> =
+            r.lines().iter().map(|l| l.rsplit(' ').next().unwrap().trim_matches('"').to_string()).collect();
+        v.sort();
+        v
+    };
+    let sorted = |v: &[&String]| -> Vec<String> {
+        let mut v: Vec<String> = v.iter().map(|s| s.to_string()).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(listed(&a.cmd(&format!("LIST \"\" \"{stars_a}*b\""))), sorted(&[&names[0], &names[2], &names[3]]));
+    assert_eq!(listed(&a.cmd(&format!("LIST \"\" \"{stars_a}/%b\""))), sorted(&[&names[2], &names[3]]));
+    assert_eq!(listed(&a.cmd(&format!("LIST \"\" \"{pct_a}/%b\""))), sorted(&[&names[2]]));
+    assert_eq!(listed(&a.cmd(&format!("LIST \"\" \"{pct_a}\""))), sorted(&[&long, &names[1]]));
+    let r = a.cmd(&format!("LIST \"\" \"{stars_a}c\""));
+    assert_eq!((r.status.as_str(), r.text()), ("OK List completed.", String::new()));
+    // LSUB takes the same patterns.
+    a.cmd(&format!("SUBSCRIBE {}", names[0])).assert_ok();
+    let r = a.cmd(&format!("LSUB \"\" \"{stars_a}*b\""));
+    assert_eq!(r.lines(), vec![format!("* LSUB () \"/\" {}", names[0])]);
+    let r = a.cmd(&format!("LSUB \"\" \"{too_many}\""));
+    assert_eq!(r.status, "NO [LIMIT] Too many wildcards in the mailbox pattern.");
+    // Still alive.
+    a.cmd("LIST \"\" short").assert_ok();
+}

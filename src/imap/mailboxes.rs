@@ -18,6 +18,7 @@ use super::command::{DateTime, Flag, StatusItem};
 use super::response::{self, ImapError};
 use super::selected::Selected;
 use super::session::{printable, Done, Session, State, User};
+use crate::limits::{LIST_PATTERN_MAX_BYTES, LIST_PATTERN_MAX_WILDCARDS};
 use crate::store::names::{self, MailRoot};
 use crate::store::{Flags, Shared, StoreError};
 
@@ -105,26 +106,126 @@ impl User {
     }
 }
 
-/// Does `name` match the LIST pattern (RFC 3501 §6.3.8): `*` anything,
-/// `%` anything but the separator. Dynamic programming over pattern and
-/// name (both bounded by the line length), so no pattern is slow or deep.
-pub(super) fn matches(pattern: &[u8], name: &[u8]) -> bool {
-    let nl = name.len();
-    let mut prev = vec![false; nl + 1];
-    prev[0] = true;
-    let mut cur = vec![false; nl + 1];
-    for &c in pattern {
-        cur[0] = prev[0] && (c == b'*' || c == b'%');
-        for j in 1..=nl {
-            cur[j] = match c {
-                b'*' => cur[j - 1] || prev[j],
-                b'%' => prev[j] || (cur[j - 1] && name[j - 1] != b'/'),
-                _ => prev[j - 1] && c == name[j - 1],
-            };
-        }
-        std::mem::swap(&mut prev, &mut cur);
+/// A wildcard of a LIST pattern (RFC 3501 §6.3.8).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wild {
+    /// `*`: anything, the separator included.
+    Any,
+    /// `%`: anything but the separator (one level of the hierarchy).
+    Level,
+}
+
+/// A LIST or LSUB pattern, prepared once for all the names it is
+/// matched against: the literal text before the first wildcard, then
+/// each wildcard with the literal text after it (and that text's KMP
+/// failure table).
+///
+/// Matching goes a segment at a time over the set of places in the name
+/// where the pattern so far can end: a wildcard widens the set in one
+/// pass, and the text after it is found by one KMP pass over the name.
+/// The work is the name's length times the number of wildcards (bounded
+/// by `limits::LIST_PATTERN_MAX_WILDCARDS`), whatever the pattern: no
+/// backtracking, no table of pattern length times name length.
+#[derive(Debug)]
+pub(super) struct Pattern {
+    first: Vec<u8>,
+    rest: Vec<(Wild, Vec<u8>, Vec<usize>)>,
+}
+
+impl Pattern {
+    pub(super) fn new(pattern: &[u8]) -> Pattern {
+        let mut parts = pattern.split(|&c| c == b'*' || c == b'%');
+        let first = parts.next().unwrap_or_default().to_vec();
+        let wilds = pattern.iter().filter_map(|&c| match c {
+            b'*' => Some(Wild::Any),
+            b'%' => Some(Wild::Level),
+            _ => None,
+        });
+        let rest = wilds.zip(parts).map(|(w, lit)| (w, lit.to_vec(), failure(lit))).collect();
+        Pattern { first, rest }
     }
-    prev[nl]
+
+    /// Does `name` match the whole pattern?
+    pub(super) fn matches(&self, name: &[u8]) -> bool {
+        if !name.starts_with(&self.first) {
+            return false;
+        }
+        if self.rest.is_empty() {
+            return name.len() == self.first.len();
+        }
+        let n = name.len();
+        // at[j]: the pattern so far can match name[..j].
+        let mut at = vec![false; n + 1];
+        let mut reach = vec![false; n + 1];
+        at[self.first.len()] = true;
+        for (wild, lit, fail) in &self.rest {
+            // Where the wildcard can end.
+            match wild {
+                Wild::Any => {
+                    let Some(s) = at.iter().position(|&b| b) else { return false };
+                    reach[..s].fill(false);
+                    reach[s..].fill(true);
+                }
+                Wild::Level => {
+                    let mut open = false;
+                    for j in 0..=n {
+                        open |= at[j];
+                        reach[j] = open;
+                        if j < n && name[j] == b'/' {
+                            open = false;
+                        }
+                    }
+                }
+            }
+            // Where the text after it can end: at each of its
+            // occurrences that starts where the wildcard can end.
+            if lit.is_empty() {
+                std::mem::swap(&mut at, &mut reach);
+                continue;
+            }
+            at.fill(false);
+            let mut k = 0;
+            for (j, &c) in name.iter().enumerate() {
+                while k > 0 && lit[k] != c {
+                    k = fail[k - 1];
+                }
+                if lit[k] == c {
+                    k += 1;
+                }
+                if k == lit.len() {
+                    if reach[j + 1 - k] {
+                        at[j + 1] = true;
+                    }
+                    k = fail[k - 1];
+                }
+            }
+        }
+        at[n]
+    }
+}
+
+/// The KMP failure table of `lit`: for each prefix, the length of its
+/// longest proper prefix that is also its suffix.
+fn failure(lit: &[u8]) -> Vec<usize> {
+    let mut f = vec![0; lit.len()];
+    let mut k = 0;
+    for i in 1..lit.len() {
+        while k > 0 && lit[i] != lit[k] {
+            k = f[k - 1];
+        }
+        if lit[i] == lit[k] {
+            k += 1;
+        }
+        f[i] = k;
+    }
+    f
+}
+
+/// Does `name` match the LIST pattern `pattern`? (For one name; a
+/// pattern matched against many is prepared once with [`Pattern::new`].)
+#[cfg(test)]
+fn matches(pattern: &[u8], name: &[u8]) -> bool {
+    Pattern::new(pattern).matches(name)
 }
 
 impl Session<'_> {
@@ -337,10 +438,12 @@ impl Session<'_> {
         }
         let wire_patterns: Vec<Vec<u8>> =
             patterns.iter().map(|p| full_pattern(reference, p)).collect::<Result<_, _>>()?;
+        let compiled: Vec<(Pattern, Pattern)> =
+            wire_patterns.iter().map(|p| (Pattern::new(p), Pattern::new(&p.to_ascii_uppercase()))).collect();
         let mut out = Vec::new();
         for f in &folders {
             let wire = names::mutf7_encode(&f.name);
-            if !wire_patterns.iter().any(|p| matches(p, wire.as_bytes()) || inbox_match(p, &f.name)) {
+            if !compiled.iter().any(|(p, upper)| p.matches(wire.as_bytes()) || inbox_match(upper, &f.name)) {
                 continue;
             }
             let subscribed = subs.contains(&f.name);
@@ -379,13 +482,15 @@ impl Session<'_> {
             return Ok("Lsub completed.".into());
         }
         let user = self.user();
-        let p = full_pattern(reference, pattern)?;
+        let wire_pattern = full_pattern(reference, pattern)?;
+        let p = Pattern::new(&wire_pattern);
+        let upper = Pattern::new(&wire_pattern.to_ascii_uppercase());
         let subs = user.subscriptions();
         let mut out = Vec::new();
         let mut parents: Vec<String> = Vec::new();
         for s in &subs {
             let wire = names::mutf7_encode(s);
-            if !(matches(&p, wire.as_bytes()) || inbox_match(&p, s)) {
+            if !(p.matches(wire.as_bytes()) || inbox_match(&upper, s)) {
                 // RFC 3501 §6.3.9: with `%`, a parent that is not subscribed
                 // itself is listed \Noselect when a child below it is.
                 let mut prefix = String::new();
@@ -397,7 +502,7 @@ impl Session<'_> {
                     if prefix.len() < s.len()
                         && !subs.contains(&prefix)
                         && !parents.contains(&prefix)
-                        && matches(&p, names::mutf7_encode(&prefix).as_bytes())
+                        && p.matches(names::mutf7_encode(&prefix).as_bytes())
                     {
                         parents.push(prefix.clone());
                     }
@@ -510,7 +615,21 @@ impl Session<'_> {
 /// one is what other servers do and what clients expect: curl lists
 /// `imap://host/INBOX` as `LIST "INBOX" *` and wants INBOX back. A
 /// pattern that starts at the root (`/`) ignores the reference.
+///
+/// Bounded ([`LIST_PATTERN_MAX_BYTES`], [`LIST_PATTERN_MAX_WILDCARDS`]):
+/// beyond them the answer is `NO [LIMIT]`. Not BAD: the pattern is
+/// well-formed, and RFC 3501 §6.3.8 (RFC 9051 §6.3.9) keeps BAD for
+/// invalid arguments and gives NO for a reference or name that can't be
+/// listed; RFC 5530's LIMIT names an implementation limit.
 fn full_pattern(reference: &str, pattern: &str) -> Result<Vec<u8>, ImapError> {
+    let too_long = reference.len().saturating_add(pattern.len()) > LIST_PATTERN_MAX_BYTES;
+    if too_long {
+        return Err(ImapError::No(Some("LIMIT"), "Mailbox pattern too long.".into()));
+    }
+    let wildcards = reference.bytes().chain(pattern.bytes()).filter(|&c| c == b'*' || c == b'%').count();
+    if wildcards > LIST_PATTERN_MAX_WILDCARDS {
+        return Err(ImapError::No(Some("LIMIT"), "Too many wildcards in the mailbox pattern.".into()));
+    }
     let mut p = String::new();
     if !pattern.starts_with('/') {
         p.push_str(reference);
@@ -523,9 +642,10 @@ fn full_pattern(reference: &str, pattern: &str) -> Result<Vec<u8>, ImapError> {
     Ok(p.into_bytes())
 }
 
-/// INBOX matches case-insensitively (RFC 3501 §5.1).
-fn inbox_match(pattern: &[u8], name: &str) -> bool {
-    name == "INBOX" && matches(&pattern.to_ascii_uppercase(), b"INBOX")
+/// INBOX matches case-insensitively (RFC 3501 §5.1): `upper` is the
+/// pattern in upper case.
+fn inbox_match(upper: &Pattern, name: &str) -> bool {
+    name == "INBOX" && upper.matches(b"INBOX")
 }
 
 fn folders_exist(root: &MailRoot, f: &names::Folder) -> bool {
@@ -582,8 +702,93 @@ mod tests {
             ("a%b", "ab", true),
             ("a%b", "a/b", false),
             ("a*b", "a/b", true),
+            ("**", "", true),
+            ("%", "", true),
+            ("*%*", "a/", true),
+            ("a*a*a", "aa", false),
+            ("a*a*a", "aaa", true),
+            ("*ab*ab", "abab", true),
+            ("*aab", "aaab", true),
+            ("*aba", "ababa", true),
+            ("%/", "a/", true),
+            ("%/%", "/", true),
+            ("%a", "b/a", false),
+            ("*/%", "a/b/c", true),
+            ("%/*", "a", false),
+            ("a%%b", "axyb", true),
+            ("INBOX*", "INBOX/x", true),
         ] {
             assert_eq!(matches(p.as_bytes(), n.as_bytes()), want, "{p} vs {n}");
+        }
+    }
+
+    /// The table of pattern position by name position that matching
+    /// used to fill: slow for long patterns, but plainly right.
+    fn by_table(pattern: &[u8], name: &[u8]) -> bool {
+        let nl = name.len();
+        let mut prev = vec![false; nl + 1];
+        prev[0] = true;
+        let mut cur = vec![false; nl + 1];
+        for &c in pattern {
+            cur[0] = prev[0] && (c == b'*' || c == b'%');
+            for j in 1..=nl {
+                cur[j] = match c {
+                    b'*' => cur[j - 1] || prev[j],
+                    b'%' => prev[j] || (cur[j - 1] && name[j - 1] != b'/'),
+                    _ => prev[j - 1] && c == name[j - 1],
+                };
+            }
+            std::mem::swap(&mut prev, &mut cur);
+        }
+        prev[nl]
+    }
+
+    /// Every pattern of up to 5 symbols from `a b / * %` against every
+    /// name of up to 5 symbols from `a b /`.
+    #[test]
+    fn list_patterns_agree_with_the_table() {
+        fn all(alphabet: &[u8], max: usize) -> Vec<Vec<u8>> {
+            let mut out = vec![Vec::new()];
+            let mut last = vec![Vec::new()];
+            for _ in 0..max {
+                last = last.iter().flat_map(|w| alphabet.iter().map(move |&c| [w.clone(), vec![c]].concat())).collect();
+                out.extend(last.iter().cloned());
+            }
+            out
+        }
+        let names = all(b"ab/", 5);
+        for p in all(b"ab/*%", 5) {
+            let compiled = Pattern::new(&p);
+            for n in &names {
+                assert_eq!(compiled.matches(n), by_table(&p, n), "{:?} vs {:?}", p, n);
+            }
+        }
+    }
+
+    /// The worst the bounds allow: 64 wildcards between letters, against
+    /// long names of many levels. Answered right, and in linear work (a
+    /// matcher that backtracks would not finish).
+    #[test]
+    fn many_wildcards_against_long_names() {
+        let half = LIST_PATTERN_MAX_WILDCARDS / 2;
+        let long = "a".repeat(1000);
+        let deep = vec!["a".repeat(30); 32].join("/");
+        for (p, n, want) in [
+            ("*a".repeat(half) + "b", long.clone(), false),
+            ("*a".repeat(half) + "*", long.clone(), true),
+            ("%a".repeat(half), long.clone(), true),
+            ("%a".repeat(half) + "/", long.clone(), false),
+            ("*a".repeat(half) + "/%", deep.clone(), true),
+            ("%a".repeat(half) + "/*", deep.clone(), false),
+            ("%/".repeat(31) + "%", deep.clone(), true),
+            ("%/".repeat(32) + "%", deep.clone(), false),
+            ("*/".repeat(31) + "*", deep.clone(), true),
+            ("*/".repeat(32) + "*", deep.clone(), false),
+        ] {
+            assert_eq!(matches(p.as_bytes(), n.as_bytes()), want, "{p} vs {}...", &n[..40]);
+            if p.len() * n.len() < 1 << 22 {
+                assert_eq!(by_table(p.as_bytes(), n.as_bytes()), want, "{p} by the table");
+            }
         }
     }
 
@@ -597,8 +802,16 @@ mod tests {
         assert_eq!(full_pattern("INBOX", "*").unwrap(), b"INBOX*");
         assert_eq!(full_pattern("a/", "%").unwrap(), b"a/%");
         assert_eq!(full_pattern("", "Folder/").unwrap(), b"Folder");
-        assert!(inbox_match(b"inbox", "INBOX"));
-        assert!(inbox_match(b"%", "INBOX"));
-        assert!(!inbox_match(b"Sent", "INBOX"));
+        let upper = |p: &str| Pattern::new(p.to_ascii_uppercase().as_bytes());
+        assert!(inbox_match(&upper("inbox"), "INBOX"));
+        assert!(inbox_match(&upper("%"), "INBOX"));
+        assert!(!inbox_match(&upper("Sent"), "INBOX"));
+        let long = "a".repeat(LIST_PATTERN_MAX_BYTES + 1);
+        assert!(matches!(full_pattern("", &long), Err(ImapError::No(Some("LIMIT"), _))));
+        assert!(matches!(full_pattern(&long[..10], &long[10..]), Err(ImapError::No(Some("LIMIT"), _))));
+        assert!(full_pattern("", &long[1..]).is_ok());
+        let stars = "*%".repeat(LIST_PATTERN_MAX_WILDCARDS / 2);
+        assert!(full_pattern("", &stars).is_ok());
+        assert!(matches!(full_pattern("%", &stars), Err(ImapError::No(Some("LIMIT"), t)) if t.contains("wildcards")));
     }
 }
