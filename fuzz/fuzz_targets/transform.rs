@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use postroom::store::transform::{stored, Served};
+use postroom::store::transform::{served, stored, Wire, LOOKAHEAD};
 use postroom::store::{state, MboxFormat};
 
 fn crlf(s: &[u8]) -> Vec<u8> {
@@ -34,11 +34,22 @@ fuzz_target!(|data: &[u8]| {
         return;
     }
     let st = stored(data, MboxFormat::Mboxrd);
+    // In pieces of 7 bytes, as a reader feeds it: what a piece leaves
+    // unconsumed (at most LOOKAHEAD bytes) is given again with more.
     let mut out = Vec::new();
-    let mut s = Served::new(&mut out, true, true);
-    for piece in st.chunks(7) {
-        s.push(piece).unwrap();
+    let mut w = Wire::new(true, true, true);
+    let mut at = 0;
+    while at < st.len() {
+        let mut end = (at + 7).min(st.len());
+        let mut n = w.push(&st[at..end], end == st.len(), &mut out);
+        if n == 0 {
+            end = (at + LOOKAHEAD).min(st.len());
+            n = w.push(&st[at..end], end == st.len(), &mut out);
+        }
+        assert!(n > 0, "no progress at {at}");
+        at += n;
     }
-    s.finish().unwrap();
+    w.finish(&mut out);
     assert_eq!(out, crlf(data));
+    assert_eq!(served(&st, true), out);
 });
