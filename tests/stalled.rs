@@ -252,7 +252,11 @@ const MARGIN_KIB: u64 = 8 << 10;
 /// Reads a FETCH response whose first line `first` (already read) ends
 /// in a literal: every literal, each with the text before it, then the
 /// rest up to and including the tagged line.
-fn literals_of_fetch(r: &mut BufReader<std::net::TcpStream>, first: &str, tag: &str) -> (Vec<(String, Vec<u8>)>, String) {
+fn literals_of_fetch(
+    r: &mut BufReader<std::net::TcpStream>,
+    first: &str,
+    tag: &str,
+) -> (Vec<(String, Vec<u8>)>, String) {
     let mut line = first.to_string();
     let mut lits = Vec::new();
     loop {

@@ -160,6 +160,21 @@ impl Wire {
         let mut i = 0;
         while i < data.len() {
             let rest = &data[i..];
+            if !self.in_header && (self.line == Line::Copy || (self.line == Line::Start && rest[0] != b'>')) {
+                // Body: everything up to the next line that needs a
+                // decision (one starting with `>`, when unquoting) is
+                // copied in one piece; a run of ordinary lines costs no
+                // work per line.
+                let span = if self.unquote_body {
+                    memchr::memmem::find(rest, b"\n>").map_or(rest.len(), |p| p + 1)
+                } else {
+                    rest.len()
+                };
+                self.copy_crlf(&rest[..span], out);
+                i += span;
+                self.line = if rest[span - 1] == b'\n' { Line::Start } else { Line::Copy };
+                continue;
+            }
             match self.line {
                 Line::Start => {
                     if self.in_header && rest[0] != b' ' && rest[0] != b'\t' {
