@@ -11,7 +11,7 @@ proves that a mailbox postroom wrote opens in Dovecot with the same state:
      original is never opened for writing: Dovecot rewrites the file it
      serves).
   2. A private Dovecot (/usr/sbin/dovecot, or $DOVECOT) is started in the
-     foreground on 127.0.0.1 on a free high port, with in-memory indexes,
+     foreground on 127.0.0.1 on a high port it binds itself, with in-memory indexes,
      so everything it reports comes from the file alone.
   3. The script logs in, SELECTs INBOX and compares UIDVALIDITY, UIDNEXT,
      the keyword list (the FLAGS response), and each message's UID, flags,
@@ -45,10 +45,10 @@ import grp
 import imaplib
 import os
 import pwd
+import random
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -66,14 +66,38 @@ class SetupError(Exception):
     pass
 
 
-def free_port():
-    """A free TCP port on 127.0.0.1 (bind port 0, read it, close)."""
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+# Dovecot binds its port itself: the script picks one to try and, when
+# another program holds it (Dovecot exits at start saying so), tries
+# another. Nothing binds a port and releases it for Dovecot to take.
+PORT_ATTEMPTS = 8
+
+
+def port_to_try():
+    """A high port on 127.0.0.1 for Dovecot to try binding."""
+    return random.SystemRandom().randrange(20000, 50000)
+
+
+def listens_on(pid, port):
+    """Whether process `pid` holds the socket listening on 127.0.0.1:port
+    (so a connection there reaches it and no other program)."""
+    want = "0100007F:%04X" % port
+    inodes = set()
     try:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-    finally:
-        s.close()
+        with open("/proc/net/tcp") as f:
+            for line in f.readlines()[1:]:
+                cols = line.split()
+                if cols[1] == want and cols[3] == "0A":
+                    inodes.add("socket:[%s]" % cols[9])
+        fds = os.listdir("/proc/%d/fd" % pid)
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            if os.readlink("/proc/%d/fd/%s" % (pid, fd)) in inodes:
+                return True
+        except OSError:
+            pass
+    return False
 
 
 class Dovecot:
@@ -121,7 +145,6 @@ class Dovecot:
         location = "mbox:%s:INBOX=%s" % (self.maildir, self.inbox)
         if self.index:
             location += ":INDEX=" + self.index
-        self.port = free_port()
         lines = [
             "protocols = imap",
             "listen = 127.0.0.1",
@@ -201,9 +224,26 @@ class Dovecot:
     # -- process --------------------------------------------------------
 
     def start(self, timeout=15.0):
+        """Start Dovecot on a port it binds itself, trying another port
+        when the one tried is taken."""
+        for attempt in range(PORT_ATTEMPTS):
+            self.port = port_to_try()
+            try:
+                return self._start_once(timeout)
+            except SetupError as e:
+                if "Address already in use" not in str(e) or attempt + 1 == PORT_ATTEMPTS:
+                    raise
+                self.proc = None
+
+    def _start_once(self, timeout):
         if not os.access(DOVECOT, os.X_OK):
             raise FileNotFoundError(DOVECOT)
         conf = self.write_config()
+        for name in ("dovecot.stdout", "dovecot.log"):
+            try:
+                os.unlink(os.path.join(self.root, name))
+            except FileNotFoundError:
+                pass
         out = open(os.path.join(self.root, "dovecot.stdout"), "wb")
         self.proc = subprocess.Popen(
             [DOVECOT, "-F", "-c", conf],
@@ -216,13 +256,11 @@ class Dovecot:
         while True:
             if self.proc.poll() is not None:
                 raise SetupError("dovecot exited with %s:\n%s" % (self.proc.returncode, self.logs()))
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+            if listens_on(self.proc.pid, self.port):
                 return
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise SetupError("dovecot did not listen on 127.0.0.1:%d\n%s" % (self.port, self.logs()))
-                time.sleep(0.05)
+            if time.monotonic() > deadline:
+                raise SetupError("dovecot did not listen on 127.0.0.1:%d\n%s" % (self.port, self.logs()))
+            time.sleep(0.05)
 
     def stop(self):
         """Stop the master by its PID; it ends its own children."""

@@ -16,7 +16,7 @@
 
 use std::collections::HashMap;
 use std::fs;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -108,10 +108,49 @@ pub fn chown_tree(path: &Path, uid: u32, gid: u32) -> Res<()> {
     Ok(())
 }
 
-/// A free TCP port on 127.0.0.1 (bound, then released).
-pub fn free_port() -> Res<u16> {
-    let l = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("binding a port on 127.0.0.1: {e}"))?;
-    Ok(l.local_addr().map_err(|e| e.to_string())?.port())
+/// The port postroomd says it bound, from its log line `server listening
+/// protocol=P address=127.0.0.1:PORT`, once the log says `server started`.
+fn bound_port(log: &Path) -> Option<u16> {
+    let text = fs::read_to_string(log).ok()?;
+    if !text.contains("server started") {
+        return None;
+    }
+    text.lines().find_map(|l| {
+        let rest = &l[l.find("server listening protocol=")?..];
+        let addr = rest.split(' ').find_map(|w| w.strip_prefix("address="))?;
+        addr.rsplit(':').next()?.parse().ok()
+    })
+}
+
+/// A port for Dovecot to try on 127.0.0.1, different for each `attempt`.
+/// Dovecot binds it itself (nothing here binds and releases it); when
+/// another program holds it, Dovecot exits at start and the next attempt
+/// tries another.
+fn dovecot_port(attempt: u32) -> u16 {
+    let seed = std::process::id().wrapping_mul(2_654_435_761) ^ attempt.wrapping_mul(40_503);
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    20_000 + ((seed ^ nanos) % 30_000) as u16
+}
+
+/// How many ports Dovecot tries before the benchmark gives up.
+const DOVECOT_PORT_ATTEMPTS: u32 = 8;
+
+/// Whether process `pid` holds the socket listening on 127.0.0.1:`port`,
+/// so that a connection there reaches it and no other program.
+fn listens_on(pid: i32, port: u16) -> bool {
+    let want = format!("0100007F:{port:04X}");
+    let Ok(table) = fs::read_to_string("/proc/net/tcp") else { return false };
+    let sockets: Vec<String> = table
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            (cols.len() > 9 && cols[1] == want && cols[3] == "0A").then(|| format!("socket:[{}]", cols[9]))
+        })
+        .collect();
+    let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else { return false };
+    fds.flatten().any(|fd| fs::read_link(fd.path()).is_ok_and(|t| sockets.iter().any(|s| t.as_os_str() == s.as_str())))
 }
 
 /// One user of both servers: its name, password and messages.
@@ -274,13 +313,12 @@ impl Server {
     /// Writes postroomd's config `conf` for `protocol` under `dir`, starts
     /// it with its log in `log`, and waits for its greeting.
     fn start_postroom(dir: &Path, ids: &Ids, sessions: u32, protocol: Protocol, conf: &str, log: &str) -> Res<Server> {
-        let port = free_port()?;
         let user = if ids.root { "user nobody\n" } else { "" };
         // The connection caps are raised so that neither the 50 clients
         // (whose next session may connect before the thread of the last
         // has ended) nor the idle sessions are refused.
         let text = format!(
-            "listen {} 127.0.0.1:{port}\n\
+            "listen {} 127.0.0.1:0\n\
              passwd-file passwd\n\
              inbox spool/%u\n\
              mail-dir mail/%u\n\
@@ -308,7 +346,21 @@ impl Server {
             .spawn()
             .map_err(|e| format!("starting postroomd: {e}"))?;
         let pid = child.id() as i32;
-        let mut s = Server { name: "postroom", port, child: Some(child), pid, logs: vec![log], protocol };
+        let mut s = Server { name: "postroom", port: 0, child: Some(child), pid, logs: vec![log.clone()], protocol };
+        let start = Instant::now();
+        s.port = loop {
+            if let Some(port) = bound_port(&log) {
+                break port;
+            }
+            if let Some(Ok(Some(st))) = s.child.as_mut().map(|c| c.try_wait()) {
+                s.child = None;
+                return Err(format!("postroom exited at start ({st}):\n{}", s.log_tail(30)));
+            }
+            if start.elapsed() > START_TIMEOUT {
+                return Err(format!("postroom did not log the port it bound:\n{}", s.log_tail(30)));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
         s.wait_ready()?;
         Ok(s)
     }
@@ -370,14 +422,36 @@ impl Server {
         sessions: u32,
         protocol: Protocol,
         name: &'static str,
-        extra: impl FnOnce(u16, u32, u32) -> (String, String),
+        extra: impl Fn(u16, u32, u32) -> (String, String),
     ) -> Res<Server> {
         let bin = dovecot_bin();
         let proto = protocol.name();
         if !bin.exists() {
             return Err(format!("{} is not installed (apt-get install dovecot-{proto}d)", bin.display()));
         }
-        let port = free_port()?;
+        let mut attempt = 0;
+        loop {
+            let port = dovecot_port(attempt);
+            match Server::try_dovecot(dir, ids, sessions, protocol, name, port, &extra) {
+                Err(e) if e.contains("Address already in use") && attempt + 1 < DOVECOT_PORT_ATTEMPTS => attempt += 1,
+                r => return r,
+            }
+        }
+    }
+
+    /// One try of [`Server::start_dovecot`] on `port`.
+    #[allow(clippy::too_many_arguments)]
+    fn try_dovecot(
+        dir: &Path,
+        ids: &Ids,
+        sessions: u32,
+        protocol: Protocol,
+        name: &'static str,
+        port: u16,
+        extra: &impl Fn(u16, u32, u32) -> (String, String),
+    ) -> Res<Server> {
+        let bin = dovecot_bin();
+        let proto = protocol.name();
         let d = dir.display();
         let (limit, clients) = (sessions + 100, 4 * sessions + 1000);
         let (settings, services) = extra(port, limit, clients);
@@ -455,7 +529,7 @@ impl Server {
                     return Err(format!("{} exited at start ({st}):\n{}", self.name(), self.log_tail(30)));
                 }
             }
-            if TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok() {
+            if listens_on(self.pid, self.port) && TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok() {
                 if self.protocol == Protocol::Imap {
                     return imap_greeting(self.name(), addr);
                 }
