@@ -7,18 +7,27 @@ use libfuzzer_sys::fuzz_target;
 use postroom::imap::frame::{read_command, Limits, MemWire};
 use postroom::imap::parse::{parse, tag_of, ParseLimits};
 
-/// Small limits, so that inputs reach them.
-const FRAME: Limits = Limits { max_line: 200, max_literal: 300, max_literals: 4 };
+/// Small limits, so that inputs reach them; the bounds before login are
+/// the other half of the inputs' (the first byte's top bit picks).
+fn frame_limits(first: u8) -> Limits {
+    if first & 0x80 == 0 {
+        Limits::new(200, 300, 4)
+    } else {
+        Limits::PRELOGIN
+    }
+}
 
 fuzz_target!(|data: &[u8]| {
     check(data);
-    // The first byte says how the rest arrives: in pieces of 1 to 256 bytes.
-    let Some((&piece, input)) = data.split_first() else { return };
-    let mut wire = MemWire::chunked(input.chunks(usize::from(piece) + 1).map(<[u8]>::to_vec));
+    // The first byte says which limits apply and how the rest arrives: in
+    // pieces of 1 to 128 bytes.
+    let Some((&first, input)) = data.split_first() else { return };
+    let limits = frame_limits(first);
+    let mut wire = MemWire::chunked(input.chunks(usize::from(first & 0x7f) + 1).map(<[u8]>::to_vec));
     loop {
-        match read_command(&mut wire, &FRAME) {
+        match read_command(&mut wire, &limits) {
             Ok(command) => {
-                let most = FRAME.max_literal as usize + 2 * FRAME.max_line + 2 * FRAME.max_literals;
+                let most = limits.max_literal_total as usize + 2 * limits.max_line + 2 * limits.max_literals;
                 assert!(command.len() <= most, "{} bytes", command.len());
                 check(&command);
             }
