@@ -428,3 +428,36 @@ fn issue8_fuzz_cr_line_ends_and_a_stray_cr() {
         }
     }
 }
+
+/// RENAME INBOX moves every message out of INBOX (RFC 3501 §6.3.5), an
+/// expunge of them all: while a POP3 session holds the maildrop it must be
+/// refused like any other expunge, not pull the messages from under it.
+#[test]
+fn rename_inbox_waits_for_the_pop3_session_that_holds_it() {
+    use support::server::{Pop3, Server};
+    let t = Tmp::new();
+    let s = Server::start(t.dir.path(), &["alice"], "");
+    let mut a = s.imap("alice");
+    for n in ["r1", "r2"] {
+        a.append("INBOX", "", &message_for(n)).assert_ok();
+    }
+    let mut p = Pop3::login(s.pop3, "alice");
+    assert!(p.cmd("STAT").starts_with("+OK 2 "));
+    let r = a.cmd("RENAME INBOX Saved");
+    assert!(r.status.contains("NO [INUSE]"), "{}", r.status);
+    // The POP3 session still has both messages, byte for byte.
+    for (i, n) in ["r1", "r2"].iter().enumerate() {
+        let (st, body) = p.multi(&format!("RETR {}", i + 1));
+        assert!(st.starts_with("+OK"), "{st}");
+        assert_eq!(body, message_for(n), "message {n}");
+    }
+    assert!(p.cmd("QUIT").starts_with("+OK"));
+    // Once it has ended, RENAME INBOX goes ahead.
+    a.cmd("RENAME INBOX Saved").assert_ok();
+    a.cmd("SELECT Saved").assert_ok();
+    let text = a.cmd("FETCH 1:* (BODY.PEEK[])").text();
+    assert!(text.contains("* 2 FETCH"), "{text}");
+    a.cmd("LOGOUT");
+    drop(s);
+    assert_eq!(open(&t.path("mail/alice/Saved")).message_bytes(1).unwrap(), message_for("r2"));
+}

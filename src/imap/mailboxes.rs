@@ -15,6 +15,7 @@ use std::sync::Arc;
 use log::{debug, info, warn};
 
 use super::command::{DateTime, Flag, StatusItem};
+use super::messages::pop_guard;
 use super::response::{self, ImapError};
 use super::selected::Selected;
 use super::session::{printable, Done, Session, State, User};
@@ -373,6 +374,11 @@ impl Session<'_> {
     /// mailbox, INBOX stays, empty, with its UIDVALIDITY.
     fn rename_inbox(&mut self, to: &str) -> Result<(), ImapError> {
         let user = self.user();
+        // Moving the messages out is an expunge of INBOX: refused while a
+        // POP3 session holds the maildrop, checked before anything is
+        // made and again, held, for the expunge (as MOVE does).
+        let state_dir = self.config.state_dir.clone();
+        drop(pop_guard(Some(&user.root.inbox), &state_dir)?);
         user.root.create(to)?;
         let dst = self.ctx.registry.open(&user.root.resolve(to)?, &self.ctx.store_options(), false)?;
         let src = match self.ctx.registry.open(&user.root.inbox, &self.ctx.store_options(), false) {
@@ -381,11 +387,26 @@ impl Session<'_> {
             Err(e) => return Err(e.into()),
         };
         let uids: Vec<u32> = src.read().messages().iter().map(|m| m.uid).collect();
-        super::messages::copy_uids(&src, &uids, &dst)?;
+        let pairs = super::messages::copy_uids(&src, &uids, &dst)?;
         let mut mb = src.write();
-        let events = mb.expunge(&uids)?;
-        mb.publish(&events);
-        Ok(())
+        match pop_guard(Some(&user.root.inbox), &state_dir) {
+            Ok(_guard) => {
+                let events = mb.expunge(&uids)?;
+                mb.publish(&events);
+                Ok(())
+            }
+            Err(e) => {
+                // A POP3 session began during the copy: take the copies
+                // back rather than leave the messages twice (the new
+                // mailbox stays, empty).
+                drop(mb);
+                let copies: Vec<u32> = pairs.iter().map(|p| p.1).collect();
+                let mut d = dst.write();
+                let events = d.expunge(&copies)?;
+                d.publish(&events);
+                Err(e)
+            }
+        }
     }
 
     pub(super) fn cmd_subscribe(&mut self, wire: &str, subscribe: bool) -> Done {

@@ -468,7 +468,7 @@ impl Session<'_> {
 /// locking). Taken while holding the mailbox's write lock, so that two
 /// IMAP sessions of this process expunging at once take turns rather than
 /// see each other as a POP3 session.
-fn pop_guard(inbox: Option<&Path>, state_dir: &Path) -> Result<Option<SessionLock>, ImapError> {
+pub(super) fn pop_guard(inbox: Option<&Path>, state_dir: &Path) -> Result<Option<SessionLock>, ImapError> {
     let Some(inbox) = inbox else { return Ok(None) };
     match SessionLock::try_acquire(inbox, state_dir) {
         Ok(l) => Ok(Some(l)),
