@@ -81,6 +81,9 @@ enum Fate {
 struct Entry {
     wire: Vec<u8>,
     fate: Fate,
+    /// When the removal that made it `Gone` was confirmed (the reply
+    /// received).
+    gone_at: Option<Instant>,
 }
 
 /// One user's part of the ledger.
@@ -159,7 +162,7 @@ impl Ledger {
 
     /// A message about to be handed over.
     fn sending(&self, user: &str, token: &str, wire: Vec<u8>) {
-        self.book(user).msgs.insert(token.to_string(), Entry { wire, fate: Fate::Sending });
+        self.book(user).msgs.insert(token.to_string(), Entry { wire, fate: Fate::Sending, gone_at: None });
     }
 
     /// The outcome of a hand-over. Another client may have seen the
@@ -271,15 +274,26 @@ impl Ledger {
         }
     }
 
-    /// A removal the server confirmed.
-    fn gone(&self, user: &str, who: &str, token: &str) {
+    /// A removal the server confirmed to a POP3 session whose QUIT was
+    /// sent at `quit_sent`. An IMAP session may have confirmed it first:
+    /// its UID EXPUNGE, after the POP3 session let go, finds the message
+    /// gone and says OK, and its client may hear that before the POP3
+    /// client hears its QUIT's reply. Only a removal confirmed before the
+    /// QUIT was even sent is a message removed twice, or removed under a
+    /// POP3 session that still listed it.
+    fn gone(&self, user: &str, who: &str, token: &str, quit_sent: Instant) {
         let mut b = self.book(user);
         match b.msgs.get_mut(token) {
-            Some(e) if e.fate == Fate::Present || e.fate == Fate::Sending => e.fate = Fate::Gone,
+            Some(e) if e.fate == Fate::Present || e.fate == Fate::Sending => {
+                e.fate = Fate::Gone;
+                e.gone_at = Some(Instant::now());
+            }
+            Some(e) if e.fate == Fate::Gone && e.gone_at.is_some_and(|t| t > quit_sent) => {}
             Some(e) => {
                 let f = e.fate;
+                let before = e.gone_at.map(|t| quit_sent.duration_since(t));
                 drop(b);
-                self.fail(format!("{who}: {token} removed but it was {f:?}"));
+                self.fail(format!("{who}: {token} removed but it was {f:?} (confirmed {before:?} before the QUIT)"));
             }
             None => {
                 drop(b);
@@ -685,6 +699,7 @@ impl ImapClient<'_> {
             return;
         }
         let Some(r) = self.cmd(&format!("UID EXPUNGE {uid}")) else { return };
+        let confirmed = Instant::now();
         if r.status.contains("[INUSE]") {
             bump(&self.ledger.counts.imap_inuse);
             return;
@@ -707,7 +722,10 @@ impl ImapClient<'_> {
         // that was never present.
         let mut b = self.ledger.book(self.user);
         if let Some(e) = b.msgs.get_mut(&token) {
-            e.fate = Fate::Gone;
+            if e.fate != Fate::Gone {
+                e.fate = Fate::Gone;
+                e.gone_at = Some(confirmed);
+            }
         }
     }
 }
@@ -842,6 +860,7 @@ fn pop3_session(ledger: &Ledger, target: &Target, user: &str, name: &str, rng: &
         bump(&ledger.counts.pop3_dropped);
         return Ok(());
     }
+    let quit_sent = Instant::now();
     let r = c.cmd("QUIT")?;
     if !r.starts_with("+OK") {
         ledger.fail(format!("{name}: QUIT: {r}"));
@@ -853,7 +872,7 @@ fn pop3_session(ledger: &Ledger, target: &Target, user: &str, name: &str, rng: &
     }
     for (_, token) in dele {
         bump(&ledger.counts.pop3_deleted);
-        ledger.gone(user, name, &token);
+        ledger.gone(user, name, &token, quit_sent);
     }
     Ok(())
 }
