@@ -400,10 +400,7 @@ impl Session<'_> {
                 // back rather than leave the messages twice (the new
                 // mailbox stays, empty).
                 drop(mb);
-                let copies: Vec<u32> = pairs.iter().map(|p| p.1).collect();
-                let mut d = dst.write();
-                let events = d.expunge(&copies)?;
-                d.publish(&events);
+                super::messages::take_back(&dst, &pairs)?;
                 Err(e)
             }
         }

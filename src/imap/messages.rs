@@ -449,10 +449,7 @@ impl Session<'_> {
                     // A POP3 session began during the copy: take the
                     // copies back rather than leave the messages twice.
                     drop(mb);
-                    let copies: Vec<u32> = pairs.iter().map(|p| p.1).collect();
-                    let mut d = dst.write();
-                    let ev = d.expunge(&copies)?;
-                    d.publish(&ev);
+                    take_back(&dst, &pairs)?;
                     return Err(e);
                 }
             }
@@ -461,6 +458,16 @@ impl Session<'_> {
         self.stats.expunged += moved.len() as u64;
         Ok("Move completed.".into())
     }
+}
+
+/// Expunges from `dst` the copies `pairs` (source UID, copy UID) names:
+/// a move whose source could not be expunged leaves no message twice.
+pub(super) fn take_back(dst: &Arc<Shared>, pairs: &[(u32, u32)]) -> Result<(), ImapError> {
+    let copies: Vec<u32> = pairs.iter().map(|p| p.1).collect();
+    let mut d = dst.write();
+    let events = d.expunge(&copies)?;
+    d.publish(&events);
+    Ok(())
 }
 
 /// The POP3 maildrop lock of INBOX for the moment of an expunge: POP3
